@@ -1,0 +1,122 @@
+"""MoE-LoRA: a LoRA whose rank is split into K experts mixed by a per-sequence gate.
+
+Layout follows the official iLoRA code: ``lora_A`` weight [r, in], ``lora_B`` weight [out, r]; expert
+k owns the contiguous rank slice ``k*r/K : (k+1)*r/K``; scaling is ``alpha / (r / K)``. One gate
+vector g [B, K] per sequence is shared by every wrapped layer::
+
+    y = base(x) + scaling * ((dropout(x) A^T) * g_r) B^T,   g_r [B, 1, r] = g repeated over each slice
+
+which equals ``base(x) + scaling * sum_k g_k B_k A_k x``. With K = 1 and g = 1 it is plain LoRA.
+
+The expert bank lives in named containers (``lora_A[adapter]``, ``lora_B[adapter]``, peft style), so
+state-dict keys read ``...q_proj.lora_A.default.weight``. Injection is :func:`inject_moe_lora`.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+DEFAULT_ADAPTER = "default"
+
+
+class ExpertGate:
+    """The current gate weights [B, K], shared by all MoE-LoRA layers of one model.
+
+    Not a module: it holds no parameters, only the per-batch mixture the gating network produced.
+    """
+
+    def __init__(self, num_experts: int):
+        self.num_experts = num_experts
+        self.weights: torch.Tensor | None = None  # [B, K]
+
+    @contextmanager
+    def use(self, weights: torch.Tensor):
+        """Route every wrapped layer through ``weights`` [B, K] inside the block."""
+        if weights.dim() != 2 or weights.shape[-1] != self.num_experts:
+            raise ValueError(f"gate weights must be [B, {self.num_experts}], got {tuple(weights.shape)}")
+        previous, self.weights = self.weights, weights
+        try:
+            yield
+        finally:
+            self.weights = previous
+
+
+class MoELoraLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a K-expert LoRA bank mixed by an :class:`ExpertGate`."""
+
+    def __init__(self, base_layer: nn.Linear, *, r: int, alpha: float, num_experts: int, dropout: float,
+                 gate: ExpertGate, adapter_name: str = DEFAULT_ADAPTER):
+        super().__init__()
+        if r % num_experts:
+            raise ValueError(f"rank {r} is not divisible by {num_experts} experts")
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        self.r, self.alpha, self.num_experts = r, alpha, num_experts
+        self.scaling = alpha / (r / num_experts)
+        self.adapter_name = adapter_name
+        self.gate = gate
+        dev, dtype = base_layer.weight.device, base_layer.weight.dtype
+        self.lora_A = nn.ModuleDict({adapter_name: nn.Linear(base_layer.in_features, r, bias=False,
+                                                             device=dev, dtype=dtype)})
+        self.lora_B = nn.ModuleDict({adapter_name: nn.Linear(r, base_layer.out_features, bias=False,
+                                                             device=dev, dtype=dtype)})
+        self.lora_dropout = nn.ModuleDict({adapter_name: nn.Dropout(dropout) if dropout > 0 else nn.Identity()})
+        self.reset_lora_parameters()
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def reset_lora_parameters(self) -> None:
+        # As peft: A ~ Kaiming-uniform, B = 0, so a fresh adapter leaves the base model unchanged.
+        nn.init.kaiming_uniform_(self.lora_A[self.adapter_name].weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B[self.adapter_name].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, S, in]
+        result = self.base_layer(x)  # [B, S, out]
+        g = self.gate.weights  # [B, K]
+        if g is None:
+            raise RuntimeError("MoE-LoRA layer called outside `ExpertGate.use(...)`: no gate weights set")
+        name = self.adapter_name
+        h = self.lora_A[name](self.lora_dropout[name](x))  # [B, S, r]
+        g_r = g.to(h.dtype).repeat_interleave(self.r // self.num_experts, dim=-1)  # [B, r]
+        h = h * g_r.unsqueeze(1)  # [B, S, r]
+        return result + self.lora_B[name](h) * self.scaling  # [B, S, out]
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, num_experts={self.num_experts}, scaling={self.scaling:g}"
+
+
+def inject_moe_lora(model: nn.Module, target_modules: list[str] | tuple[str, ...], *, r: int, alpha: float,
+                    num_experts: int, dropout: float, gate: ExpertGate) -> list[str]:
+    """Wrap every ``nn.Linear`` whose attribute name is in ``target_modules``; returns the wrapped names.
+
+    Raises ``ValueError`` when a target name matches nothing (a typo would otherwise train nothing).
+    """
+    wanted = set(target_modules)
+    found: set[str] = set()
+    wrapped: list[str] = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in wanted and isinstance(child, nn.Linear):
+                setattr(module, child_name, MoELoraLinear(child, r=r, alpha=alpha, num_experts=num_experts,
+                                                          dropout=dropout, gate=gate))
+                wrapped.append(f"{name}.{child_name}" if name else child_name)
+                found.add(child_name)
+    missing = wanted - found
+    if missing:
+        raise ValueError(f"target modules not found as nn.Linear in the model: {sorted(missing)}")
+    return wrapped
+
+
+def moe_lora_layers(model: nn.Module) -> dict[str, MoELoraLinear]:
+    """All MoE-LoRA layers of ``model`` by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MoELoraLinear)}
