@@ -1,0 +1,45 @@
+"""Session fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real converted SmolLM2-135M-Instruct folder (converted once, then cached)."""
+    from ilora_export.base.fetch import fetch_default_base
+
+    return fetch_default_base(progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A random 2-layer Llama (hidden 64, 4 heads / 2 kv heads) with SmolLM2's real tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
+    ref = AutoConfig.from_pretrained(smollm2_dir, local_files_only=True)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        tie_word_embeddings=ref.tie_word_embeddings,
+        bos_token_id=ref.bos_token_id,
+        eos_token_id=ref.eos_token_id,
+        pad_token_id=ref.pad_token_id,
+        rms_norm_eps=ref.rms_norm_eps,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    out = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
