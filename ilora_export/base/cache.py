@@ -150,7 +150,7 @@ def _pip_download(name: str, version: str, dest: Path, progress: bool) -> None:
     else:
         # pip's progress goes to our stderr, so a command's stdout stays clean for its result.
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=err_fd, stderr=err_fd)
-        output = ""
+        output = f"pip exited with status {proc.returncode} (its messages are above)"
     if proc.returncode != 0:
         lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")]

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from ilora_export.base.cache import fetch_wheel
+from ilora_export.cli import cli
+from ilora_export.data import ml100k
+from ilora_export.data.ml100k import build_ml100k_demo, split_counts
+from ilora_export.errors import DataError
+
+FILES = ("train_data.df", "Val_data.df", "Test_data.df", "u.item")
+PAD = 1682
+
+
+@pytest.fixture(scope="module")
+def recbole_wheel() -> Path:
+    return fetch_wheel(ml100k.RECBOLE_NAME, ml100k.RECBOLE_VERSION, ml100k.RECBOLE_SHA256, progress=False)
+
+
+@pytest.fixture(scope="module")
+def raw(recbole_wheel):
+    """The wheel's interactions and items, read independently of the builder."""
+    with zipfile.ZipFile(recbole_wheel) as zf:
+        inter = pd.read_csv(zf.open(ml100k.INTER_MEMBER), sep="\t")
+        item = pd.read_csv(zf.open(ml100k.ITEM_MEMBER), sep="\t", dtype=str, keep_default_na=False)
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    item.columns = [c.split(":")[0] for c in item.columns]
+    return inter, item
+
+
+@pytest.fixture(scope="module")
+def ml(tmp_path_factory) -> Path:
+    return build_ml100k_demo(tmp_path_factory.mktemp("ml") / "ml100k", progress=False)
+
+
+@pytest.fixture(scope="module")
+def splits(ml):
+    return {name: pd.read_pickle(ml / name) for name in FILES[:3]}
+
+
+def test_row_counts(ml, raw):
+    inter, _ = raw
+    users = inter["user_id"].nunique()
+    assert users == 943 and len(inter) == 100_000
+    counts = split_counts(ml)
+    assert counts == {"train": 97_171, "valid": 943, "test": 943}
+    # every interaction but each user's first (which has no history) is a target exactly once
+    assert sum(counts.values()) == len(inter) - users
+
+
+def test_row_layout(splits):
+    for frame in splits.values():
+        assert list(frame.columns) == ["seq", "len_seq", "next"]
+        for seq, n, nxt in frame.itertuples(index=False):
+            assert len(seq) == 10 and 1 <= n <= 10
+            assert all(0 <= i < PAD and 1 <= r <= 5 for i, r in seq[:n])
+            assert seq[n:] == [(PAD, 0)] * (10 - n)
+            assert isinstance(nxt, tuple) and 0 <= nxt[0] < PAD and 1 <= nxt[1] <= 5
+    assert (splits["Val_data.df"].len_seq == 10).all() and (splits["Test_data.df"].len_seq == 10).all()
+
+
+def test_leave_one_out_matches_raw_chronology(splits, raw):
+    inter, _ = raw
+    val, test = splits["Val_data.df"], splits["Test_data.df"]
+    for k, user in enumerate(sorted(inter["user_id"].unique())[:25]):
+        events = inter[inter.user_id == user].sort_values(["timestamp", "item_id"], kind="stable")
+        seq = [(int(i) - 1, int(r)) for i, r in zip(events.item_id, events.rating)]
+        assert test.next[k] == seq[-1] and test.seq[k] == seq[-11:-1]
+        assert val.next[k] == seq[-2] and val.seq[k] == seq[-12:-2]
+    first = inter[inter.user_id == inter.user_id.min()].sort_values(["timestamp", "item_id"], kind="stable")
+    train = splits["train_data.df"]
+    assert train.next[0] == (int(first.item_id.iloc[1]) - 1, int(first.rating.iloc[1]))
+    assert train.seq[0][:1] == [(int(first.item_id.iloc[0]) - 1, int(first.rating.iloc[0]))]
+
+
+def test_u_item_titles_round_trip(ml, raw):
+    _, item = raw
+    lines = (ml / "u.item").read_bytes().decode("iso-8859-1").splitlines()
+    assert len(lines) == PAD
+    assert lines[0] == "1|Toy Story (1995)||||0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0"
+    year = re.compile(r" \(\d{4}\)$")
+    titles = {int(parts[0]): year.sub("", parts[1]) for parts in (line.split("|") for line in lines)}
+    assert sorted(titles) == list(range(1, PAD + 1)) and all(len(line.split("|")) == 24 for line in lines)
+    expected = dict(zip(item.item_id.astype(int), item.movie_title))
+    expected[267] = "unknown"  # RecBole's copy misspells it "unkonwn"
+    expected[1412] = "Land Before Time III: The Time of the Great Giving"  # year inside RecBole's title
+    assert titles == expected
+    assert titles[1633] == "Á köldum klaka (Cold Fever)"
+
+
+def test_project_loader_reads_it(ml):
+    from ilora_export.data.llara import load_catalogue
+
+    catalogue = load_catalogue(ml)
+    assert catalogue.pad_id == PAD and catalogue.title(0) == "Toy Story"
+
+
+def test_deterministic(ml, tmp_path):
+    again = build_ml100k_demo(tmp_path / "again", progress=False, max_seq_len=10)
+    for name in FILES:
+        assert (again / name).read_bytes() == (ml / name).read_bytes(), name
+
+
+def test_shorter_windows(tmp_path):
+    out = build_ml100k_demo(tmp_path / "w3", max_seq_len=3, progress=False)
+    test = pd.read_pickle(out / "Test_data.df")
+    assert split_counts(out) == {"train": 97_171, "valid": 943, "test": 943}
+    assert all(len(s) == 3 for s in test.seq) and (test.len_seq == 3).all()
+    with pytest.raises(DataError, match="max_seq_len must be at least 1"):
+        build_ml100k_demo(tmp_path / "w0", max_seq_len=0, progress=False)
+
+
+def test_interrupted_build_leaves_old_files_and_no_temp(tmp_path, monkeypatch):
+    out = tmp_path / "ml"
+    out.mkdir()
+    (out / "train_data.df").write_bytes(b"previous")
+    real = pd.DataFrame.to_pickle
+    calls = []
+
+    def crash_on_third(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_pickle", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_ml100k_demo(out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["train_data.df"]
+    assert (out / "train_data.df").read_bytes() == b"previous"
+
+
+def test_output_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="exists and is not a folder"):
+        build_ml100k_demo(tmp_path / "f", progress=False)
+
+
+def test_demo_data_command(tmp_path, ml):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, ["demo-data", "ml100k", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{out}: train 97171 rows, valid 943 rows, test 943 rows"
+    assert (out / "Test_data.df").read_bytes() == (ml / "Test_data.df").read_bytes()
+    missing = CliRunner().invoke(cli, ["demo-data", "ml100k"])
+    assert missing.exit_code == 2 and "Missing option '-o'" in missing.output
