@@ -30,6 +30,7 @@ from ilora_export.errors import CheckpointError, UnsafePickleError
 
 __all__ = [
     "DEFAULT_ALLOWED",
+    "PickledDict",
     "PickledObject",
     "TORCH_NN_ALLOWED",
     "module_state_dict",
@@ -69,15 +70,29 @@ class PickledObject:
         return f"<pickled {self.qualname}>"
 
 
-def stand_in(qualname: str) -> type[PickledObject]:
-    """A fresh inert class standing in for the pickled class ``qualname``."""
+class PickledDict(dict):
+    """Inert stand-in for a pickled ``dict`` subclass (e.g. Lightning's ``AttributeDict``)."""
+
+    qualname = "?"
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.qualname} {dict.__repr__(self)}>"
+
+
+def stand_in(qualname: str, *, mapping: bool = False) -> type:
+    """A fresh inert class standing in for the pickled class ``qualname``.
+
+    ``mapping=True`` gives a ``dict`` subclass, for pickled dict subclasses (their items are
+    pickled as dict items, which a plain record could not take).
+    """
     name = qualname.rsplit(".", 1)[-1]
-    return type(name, (PickledObject,), {"qualname": qualname, "__module__": __name__})
+    base = PickledDict if mapping else PickledObject
+    return type(name, (base,), {"qualname": qualname, "__module__": __name__})
 
 
-def stand_ins(*qualnames: str) -> dict[str, type[PickledObject]]:
+def stand_ins(*qualnames: str, mapping: bool = False) -> dict[str, type]:
     """``{qualname: stand_in(qualname)}`` for an allowlist."""
-    return {q: stand_in(q) for q in qualnames}
+    return {q: stand_in(q, mapping=mapping) for q in qualnames}
 
 
 # ------------------------------------------------------------------ safe replacements of globals
@@ -157,7 +172,7 @@ def _device(*args):
 
 
 #: Tensor machinery, containers and numpy scalars: enough for state dicts and Lightning ``.ckpt``
-#: files whose hyperparameters are plain values.
+#: files whose hyperparameters are plain values (``argparse.Namespace`` or ``AttributeDict``).
 DEFAULT_ALLOWED: dict[str, object] = {
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set,
@@ -174,6 +189,13 @@ DEFAULT_ALLOWED: dict[str, object] = {
     "_codecs.encode": _codecs_encode,
     "argparse.Namespace": argparse.Namespace,
     **{name: _StorageType(dtype) for name, dtype in _STORAGE_TYPES.items()},
+    **stand_ins(
+        "lightning_fabric.utilities.data.AttributeDict",
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "lightning.fabric.utilities.data.AttributeDict",
+        "lightning.pytorch.utilities.parsing.AttributeDict",
+        mapping=True,
+    ),
 }
 
 #: Stand-ins for the torch.nn layers a pickled whole module may contain.
@@ -205,7 +227,9 @@ def _load_build(self: _RestrictedUnpickler) -> None:
     inst = self.stack[-1]
     if isinstance(inst, PickledObject):
         inst.__setstate__(state)
-    elif type(inst) in (OrderedDict, argparse.Namespace) and isinstance(state, dict):
+    elif isinstance(inst, PickledDict) or type(inst) in (OrderedDict, argparse.Namespace):
+        if not isinstance(state, dict):
+            raise UnsafePickleError(f"{self._source}: pickled state of {type(inst).__name__} is not a dict")
         inst.__dict__.update(state)  # e.g. a state dict's ``_metadata``
     elif isinstance(inst, np.dtype) and isinstance(state, tuple):
         inst.__setstate__(state)

@@ -122,6 +122,24 @@ def test_lightning_style_checkpoint_loads(tmp_path):
     assert all(torch.equal(loaded["state_dict"][k], v) for k, v in state.items())
 
 
+class AttributeDict(dict):
+    """Lightning's hyperparameter dict (a dict subclass)."""
+
+
+def test_lightning_attribute_dict_and_state_dict_metadata_load(tmp_path, monkeypatch):
+    for name in ("lightning_fabric", "lightning_fabric.utilities", "lightning_fabric.utilities.data"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["lightning_fabric.utilities.data"].AttributeDict = AttributeDict
+    monkeypatch.setattr(AttributeDict, "__module__", "lightning_fabric.utilities.data")
+    state = nn.Linear(2, 3).state_dict()  # carries ``_metadata``
+    ckpt = {"hyper_parameters": AttributeDict(lr=0.1, router="share"), "state_dict": state}
+    loaded = safe_load(_save(ckpt, tmp_path / "pl.ckpt", "zip"))
+    assert dict(loaded["hyper_parameters"]) == {"lr": 0.1, "router": "share"}
+    assert not isinstance(loaded["hyper_parameters"], AttributeDict)
+    assert loaded["state_dict"]._metadata == state._metadata
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in state.items())
+
+
 def test_unreadable_files_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         safe_load(tmp_path / "missing.pt")
