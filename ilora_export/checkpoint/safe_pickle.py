@@ -1,6 +1,6 @@
 """Restricted loading of torch pickles (``torch.save`` zip archives, legacy torch files, plain pickles).
 
-``safe_load(path, allowed)`` unpickles with its own :class:`pickle.Unpickler`: every global the
+``safe_load(path, allowed)`` unpickles with its own unpickler (pure-python, BUILD restricted): every global the
 pickle names (``module.name``) is looked up in ``allowed`` and nothing else is ever imported or
 called. A name outside the allowlist raises :class:`UnsafePickleError` naming it and the file.
 
