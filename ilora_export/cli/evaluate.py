@@ -1,0 +1,50 @@
+"""``ilora-export eval``."""
+
+from __future__ import annotations
+
+import click
+
+from ilora_export.cli.options import (batch_size_option, data_options, device_option, limit_option,
+                                      output_option, prompt_file_option, seed_option)
+
+
+def format_summary(s: dict) -> str:
+    return "\n".join([
+        f"rows                 {s['rows']}",
+        f"ValidRatio           {s['valid_ratio']:.4f}  ({s['valid']}/{s['rows']})",
+        f"HitRatio@1 (valid)   {s['hit_ratio@1_of_valid']:.4f}  ({s['correct']}/{s['valid']}, official code)",
+        f"HitRatio@1 (total)   {s['hit_ratio@1_of_total']:.4f}  ({s['correct']}/{s['rows']}, published tables)",
+        f"SASRec HitRatio@1    {s['sasrec_hit_ratio@1']:.4f}  (same candidates)",
+        f"wall time            {s['wall_seconds']:.1f} s",
+    ])
+
+
+@click.command(name="eval")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@data_options
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="Inference backend (torch is the reference).")
+@device_option
+@batch_size_option
+@limit_option
+@seed_option
+@click.option("--eval-set", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A materialized evaluation set (JSON Lines from `ilora-export evalset`); built from "
+                   "--data/--split/--seed when absent.")
+@prompt_file_option
+@click.option("--base-model", default=None, help="Base-model folder, when not where the checkpoint recorded it.")
+@output_option
+def evaluate(checkpoint, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
+             base_model, output):
+    """Evaluate CHECKPOINT: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
+
+    Writes predictions.csv, summary.json and the evaluation set used into -o OUTPUT.
+    """
+    from ilora_export.eval.reference import run_eval
+
+    summary = run_eval(checkpoint, data_dir, split, backend=backend, device=device, batch_size=batch_size,
+                       limit=limit, output=output, seed=seed, eval_set=eval_set, prompt_file=prompt_file,
+                       base_model=base_model)
+    click.echo(format_summary(summary))
+    if output:
+        click.echo(f"results: {output}")

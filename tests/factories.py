@@ -1,0 +1,25 @@
+"""Builders shared by tests: a tiny iLoRA model over the tiny random Llama (real SmolLM2 tokenizer)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ilora_export.base.loading import load_base_model
+from ilora_export.model.ilora import AdapterSpec, ILoRAModel, add_ilora_tokens
+from ilora_export.model.moe_lora import moe_lora_layers
+from ilora_export.model.sasrec import SASRec
+
+
+def make_tiny_ilora(llama_dir, *, num_items: int = 50, num_experts: int = 4, gate: str = "dense",
+                    seed: int = 0, lora_std: float = 0.05) -> ILoRAModel:
+    """A tiny iLoRA model whose expert bank is random (non-zero B), so the adapter matters."""
+    llm, tokenizer = load_base_model(llama_dir)
+    add_ilora_tokens(tokenizer, llm)
+    torch.manual_seed(seed)
+    sasrec = SASRec(num_items, hidden=16, state_size=10)
+    spec = AdapterSpec(r=8, alpha=16.0, dropout=0.0, num_experts=num_experts, gate=gate)
+    model = ILoRAModel(llm, tokenizer, sasrec, spec)
+    for layer in moe_lora_layers(model.llm).values():
+        nn.init.normal_(layer.lora_B["default"].weight, std=lora_std)
+    return model.eval()
