@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +13,18 @@ from ilora_export.base.loading import load_base_model
 from ilora_export.model.ilora import AdapterSpec, ILoRAModel, add_ilora_tokens
 from ilora_export.model.moe_lora import moe_lora_layers
 from ilora_export.model.sasrec import SASRec
+
+
+#: the official reference files (data, SASRec, prompts) live outside the repository
+REF_DIR = Path(os.environ.get("ILORA_REF_DIR", Path(__file__).resolve().parents[2] / "shared" / "ilora-ref"))
+
+
+def ref_path(*parts: str) -> Path:
+    """A reference file, or skip the test saying where it was looked for."""
+    path = REF_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference file {path} not present (set ILORA_REF_DIR to the ilora-ref folder)")
+    return path
 
 
 def make_tiny_ilora(llama_dir, *, num_items: int = 50, num_experts: int = 4, gate: str = "dense",

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.factories import REF_DIR
 from ilora_export.checkpoint.safe_pickle import (
     DEFAULT_ALLOWED,
     PickledObject,
@@ -26,8 +27,7 @@ from ilora_export.errors import CheckpointError, UnsafePickleError
 from ilora_export.model.official import OFFICIAL_SASREC_ALLOWED
 from ilora_export.model.sasrec import load_official_sasrec
 
-REF = Path(os.environ.get("ILORA_REF") or Path(__file__).parents[2].parent / "shared/ilora-ref")
-OFFICIAL_PT = REF / "rec_model/lastfm.pt"
+OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"
 
 
 class Planted:
@@ -242,7 +242,7 @@ def test_official_like_pickle_becomes_our_sasrec(official_like, tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.skipif(not OFFICIAL_PT.is_file(), reason=f"official reference files not found under {REF}")
+@pytest.mark.skipif(not OFFICIAL_PT.is_file(), reason=f"official reference files not found under {REF_DIR}")
 def test_official_file_needs_the_official_allowlist():
     with pytest.raises(UnsafePickleError, match=r"__main__\.SASRec") as err:
         safe_load(OFFICIAL_PT, DEFAULT_ALLOWED)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from ilora_export.data.synthetic import write_synthetic_dataset
 
-#: the reference files (README, data/, prompt/) live outside the repository
-REF_DIR = Path(os.environ.get("ILORA_REF_DIR", Path(__file__).resolve().parents[3] / "shared" / "ilora-ref"))
-
-
-def ref_path(*parts: str) -> Path:
-    path = REF_DIR.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference file {path} not present (set ILORA_REF_DIR to the ilora-ref folder)")
-    return path
+from tests.factories import ref_path  # noqa: F401  (re-exported for the data tests)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.factories import REF_DIR
 from ilora_export.errors import CheckpointError
 from ilora_export.model.sasrec import SASRec, load_official_sasrec
 
-REF = Path(os.environ.get("ILORA_REF") or Path(__file__).parents[2].parent / "shared/ilora-ref")
-OFFICIAL_PT = REF / "rec_model/lastfm.pt"
+OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"
 needs_ref = pytest.mark.skipif(
-    not OFFICIAL_PT.is_file(), reason=f"official reference files not found under {REF} (set ILORA_REF)"
+    not OFFICIAL_PT.is_file(), reason=f"official reference files not found under {REF_DIR} (set ILORA_REF_DIR)"
 )
 
 
@@ -127,13 +126,13 @@ def torch_parse_official(path: Path) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def official():
     if not OFFICIAL_PT.is_file():
-        pytest.skip(f"official reference files not found under {REF} (set ILORA_REF)")
+        pytest.skip(f"official reference files not found under {REF_DIR} (set ILORA_REF_DIR)")
     return load_official_sasrec(OFFICIAL_PT), *torch_parse_official(OFFICIAL_PT)
 
 
 @pytest.fixture(scope="module")
 def lastfm_test_rows():
-    df = pd.read_pickle(REF / "data/lastfm/Test_data.df")
+    df = pd.read_pickle(REF_DIR / "data/lastfm/Test_data.df")
     seq = torch.tensor(df["seq"].tolist(), dtype=torch.int64)
     return seq, torch.tensor(df["len_seq"].to_numpy(), dtype=torch.int64), torch.tensor(
         df["next"].to_numpy(), dtype=torch.int64)
