@@ -43,3 +43,36 @@ def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_recipe(tiny_llama_dir, data_dir, output_dir, **train):
+    """A recipe over the tiny Llama and a synthetic dataset: seconds to run end to end."""
+    from ilora_export.train.recipe import recipe_from_dict
+
+    return recipe_from_dict({
+        "output_dir": str(output_dir),
+        "base_model": str(tiny_llama_dir),
+        "seed": 3,
+        "data": {"root": str(data_dir), "eval_split": "test"},
+        "sasrec": {"hidden": 16, "epochs": 2, "batch_size": 64},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "num_experts": 4, "gate": "dense"},
+        "train": {"max_steps": 6, "batch_size": 2, "save_every": 3, "log_every": 1, "warmup_steps": 2,
+                  "lr": 1e-3, "eval_rows": 4} | train,
+    })
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory) -> Path:
+    """A synthetic LLaRA dataset: 50 items, 200/12/12 rows."""
+    from ilora_export.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("toy_data") / "toy")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_llama_dir, toy_data_dir):
+    """One finished tiny fine-tuning run (stage 1 SASRec trained, 6 adapter steps, final eval)."""
+    from ilora_export.train.finetune import finetune
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    return finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, out), progress=False)

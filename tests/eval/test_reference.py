@@ -1,0 +1,72 @@
+import csv
+import json
+
+import pytest
+
+from ilora_export.checkpoint import load_checkpoint
+from ilora_export.cli import main
+from ilora_export.data.evalset import build_eval_set, read_eval_set
+from ilora_export.data.llara import load_dataset
+from ilora_export.errors import DataError
+from ilora_export.eval.metrics import judge
+from ilora_export.eval.reference import evaluate_model, run_eval
+
+
+def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path):
+    out = tmp_path / "eval"
+    summary = run_eval(tiny_run.checkpoint, toy_data_dir, "test", batch_size=4, output=out, progress=False)
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+    assert len(rows) == summary["rows"] == 12
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["valid_ratio"] == summary["valid_ratio"]
+    # the summary is recomputable from the per-sample file with the official judgement
+    valid = sum(judge(r["answer"], r["target"], json.loads(r["candidates"])).valid for r in rows)
+    assert valid == summary["valid"]
+    assert 0.0 <= summary["sasrec_hit_ratio@1"] <= 1.0
+    evalset = read_eval_set(out / "evalset.jsonl")
+    assert [r.row_id for r in evalset.rows] == [int(r["row_id"]) for r in rows]
+
+
+def test_batch_size_does_not_change_answers(tiny_run, toy_data_dir):
+    loaded = load_checkpoint(tiny_run.checkpoint)
+    evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
+    one = evaluate_model(loaded, evalset, batch_size=1, progress=False, max_new_tokens=16)
+    many = evaluate_model(loaded, evalset, batch_size=5, progress=False, max_new_tokens=16)
+    assert [r["answer"] for r in one.records] == [r["answer"] for r in many.records]
+
+
+def test_eval_set_with_ids_outside_the_catalogue_is_refused(tiny_run, toy_data_dir):
+    loaded = load_checkpoint(tiny_run.checkpoint)
+    evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
+    row = evalset.rows[0]
+    evalset.rows[0] = type(row)(row.row_id, row.seq, row.len_seq, row.target, (*row.candidates[:-1], 999))
+    with pytest.raises(DataError, match="item id 999 outside"):
+        evaluate_model(loaded, evalset, progress=False)
+
+
+def _exit_code(args) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+
+def test_cli_eval_prints_metrics_and_errors_have_hints(tiny_run, toy_data_dir, tmp_path, capsys):
+    assert _exit_code(["eval", str(tiny_run.checkpoint), "--data", str(toy_data_dir), "--limit", "3",
+                       "-o", str(tmp_path / "o")]) == 0
+    assert "HitRatio@1 (valid)" in capsys.readouterr().out
+    assert _exit_code(["eval", str(tmp_path / "missing"), "--data", str(toy_data_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint directory not found" in err and "Hint:" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+def test_cuda_answers_match_cpu(tiny_run, toy_data_dir):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = run_eval(tiny_run.checkpoint, toy_data_dir, "test", progress=False, output=None)
+    gpu = run_eval(tiny_run.checkpoint, toy_data_dir, "test", device="cuda", progress=False, output=None)
+    assert cpu["valid"] == gpu["valid"]

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ilora_export.train.finetune as ft
+from ilora_export.checkpoint import read_checkpoint
+from ilora_export.errors import IloraError
+from tests.conftest import tiny_recipe
+
+
+def test_tiny_run_writes_a_valid_checkpoint_and_evaluates(tiny_run):
+    info = read_checkpoint(tiny_run.checkpoint)
+    assert info.config["extra"]["step"] == 6
+    assert info.config["adapter"]["num_experts"] == 4 and info.config["adapter"]["scaling"] == 8.0
+    assert tiny_run.eval_summary["rows"] == 4
+    run_dir = tiny_run.checkpoint.parent
+    log = json.loads((run_dir / "train_log.json").read_text())
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert (run_dir / "stage1" / "sasrec.safetensors").is_file()  # no pretrained SASRec: stage 1 ran
+    assert (run_dir / "eval-test" / "predictions.csv").is_file()
+
+
+def test_training_moves_the_adapter_and_only_the_adapter(tiny_run, tiny_llama_dir):
+    adapter = load_file(tiny_run.checkpoint / "adapter.safetensors")
+    lora_b = [v for k, v in adapter.items() if ".lora_B." in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero
+    assert any(k.startswith("gate_net.") for k in adapter) and any(k.startswith("projector.") for k in adapter)
+    base = load_file(tiny_llama_dir / "model.safetensors")
+    assert not any(k in base for k in adapter)  # nothing of the frozen base is stored
+
+
+def _crash_after_first_save(monkeypatch):
+    real = ft._save_state
+
+    def save_then_crash(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(ft, "_save_state", save_then_crash)
+
+
+def test_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch, tiny_llama_dir, toy_data_dir):
+    full = ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "full", eval_rows=0), progress=False)
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "resumed", eval_rows=0)
+    with monkeypatch.context() as m:
+        _crash_after_first_save(m)
+        with pytest.raises(KeyboardInterrupt):
+            ft.finetune(recipe, progress=False)
+    assert json.loads((tmp_path / "resumed" / "train_state" / "state.json").read_text())["step"] == 3
+    resumed = ft.finetune(recipe, progress=False)
+    assert resumed.steps == 6
+    a = load_file(full.checkpoint / "adapter.safetensors")
+    b = load_file(resumed.checkpoint / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_adapter_different_seed_differs(tmp_path, tiny_llama_dir, toy_data_dir):
+    runs = [ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / name, max_steps=2, eval_rows=0)
+                        , progress=False) for name in ("a", "b")]
+    a, b = (load_file(r.checkpoint / "adapter.safetensors") for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "c", max_steps=2, eval_rows=0)
+    recipe.seed = 4
+    c = load_file(ft.finetune(recipe, progress=False).checkpoint / "adapter.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_single_expert_is_the_lora_baseline(tmp_path, tiny_llama_dir, toy_data_dir):
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "lora", max_steps=1, eval_rows=0)
+    recipe.adapter.num_experts = 1
+    info = read_checkpoint(ft.finetune(recipe, progress=False).checkpoint)
+    assert info.config["adapter"]["num_experts"] == 1 and info.config["adapter"]["scaling"] == 2.0
+
+
+def test_pretrained_sasrec_for_another_catalogue_is_refused(tmp_path, tiny_llama_dir, toy_data_dir):
+    from tests.factories import ref_path
+
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x")
+    recipe.sasrec.pretrained = str(ref_path("rec_model", "lastfm.pt"))
+    with pytest.raises(IloraError, match="4606 items"):
+        ft.finetune(recipe, progress=False)
+
+
+def test_unknown_target_module_is_a_user_error(tmp_path, tiny_llama_dir, toy_data_dir):
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x")
+    recipe.adapter.target_modules = ["q_proj", "c_attn"]
+    with pytest.raises(IloraError, match="c_attn"):
+        ft.finetune(recipe, progress=False)
