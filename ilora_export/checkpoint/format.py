@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ilora_export.errors import CheckpointError
+from ilora_export.fileio import atomic_dir, sha256_file
 
 FORMAT = "ilora-export/checkpoint"
 FORMAT_VERSION = 1
@@ -42,14 +40,6 @@ SASREC = "sasrec.safetensors"
 TOKENIZER = "tokenizer"
 CATALOGUE = "catalogue.json"
 PROMPTS = "prompts.txt"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_model_fingerprint(base_dir: Path) -> str:
@@ -69,9 +59,7 @@ def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, c
                     templates, extra: dict | None = None) -> Path:
     """Write ``model`` (an ILoRAModel) as a checkpoint directory at ``path``, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_file(_contiguous(model.adapter_state_dict()), tmp / ADAPTER)
         save_file(_contiguous(model.added_token_rows()), tmp / ADDED_TOKENS)
         save_file(_contiguous(model.sasrec.state_dict()), tmp / SASREC)
@@ -101,27 +89,12 @@ def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, c
             "files": _hash_tree(tmp),
         } | ({"extra": extra} if extra else {})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p)
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != CONFIG}
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path``; an existing ``path`` is swapped out first and removed after."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

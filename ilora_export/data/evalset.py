@@ -13,9 +13,7 @@ File format (UTF-8, ``"\\n"`` line ends, keys sorted, no spaces): a header objec
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 
 from ilora_export.data.llara import Catalogue, LlaraDataset, _describe_bad_id, load_dataset
 from ilora_export.errors import DataError
+from ilora_export.fileio import atomic_path, sha256_file
 
 FORMAT = "ilora-export/evalset"
 VERSION = 1
@@ -62,14 +61,6 @@ class EvalSet:
         return len(self.rows)
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sample_candidates(history, target: int, num_items: int, rng: np.random.Generator,
                       num_candidates: int = NUM_CANDIDATES) -> tuple[int, ...]:
     """``target`` plus ``num_candidates - 1`` items drawn uniformly without replacement from the
@@ -107,7 +98,7 @@ def build_eval_set(dataset: LlaraDataset, split: str, seed: int = 0,
                             candidates=candidates))
     return EvalSet(rows=rows, split=split, seed=int(seed), num_items=num_items,
                    pad_id=dataset.catalogue.pad_id, dataset=dataset.name,
-                   fingerprint=file_sha256(dataset.split_path(split)), num_candidates=num_candidates)
+                   fingerprint=sha256_file(dataset.split_path(split)), num_candidates=num_candidates)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,14 +123,10 @@ def write_eval_set(evalset: EvalSet, path) -> Path:
         lines.append(_dumps({"row_id": row.row_id, "seq": list(row.seq), "len_seq": row.len_seq,
                              "target": row.target, "candidates": list(row.candidates)}))
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write the evaluation set ({err.strerror or err})",
                         hint="Choose a writable output path with -o.") from None
     return path
@@ -268,7 +255,7 @@ def load_or_build_eval_set(dataset: LlaraDataset, split: str, seed: int, path: P
     if not split_file.is_file():
         raise DataError(f"{split_file}: split file not found (needed to check {path})",
                         hint="Point --data at the dataset the evaluation set was built from.")
-    if evalset.fingerprint != file_sha256(split_file):
+    if evalset.fingerprint != sha256_file(split_file):
         raise DataError(f"{path}: built from another version of {split_file} (sha256 differs)", hint=stale_hint)
     return evalset
 

@@ -29,7 +29,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from ilora_export.base.cache import atomic_path, extract_member, fetch_wheel
+from ilora_export.base.cache import extract_member, fetch_wheel
+from ilora_export.fileio import atomic_path
 from ilora_export.errors import DataError
 
 RECBOLE_NAME = "recbole"

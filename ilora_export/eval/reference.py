@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from tqdm.auto import tqdm
 from ilora_export.data.evalset import EvalSet
 from ilora_export.errors import DataError
 from ilora_export.eval.metrics import judge, summarize
+from ilora_export.fileio import atomic_path
 from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule, greedy_generate
 from ilora_export.model.prompting import PromptEncoder
 
@@ -93,27 +92,13 @@ def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) ->
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fields = list(out.records[0]) if out.records else ["row_id"]
-    _atomic_write(output_dir / PREDICTIONS, lambda f: _write_csv(f, fields, out.records))
-    summary = out.summary | (extra or {})
-    _atomic_write(output_dir / SUMMARY, lambda f: f.write(json.dumps(summary, indent=2, sort_keys=True) + "\n"))
+    with atomic_path(output_dir / PREDICTIONS) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(out.records)
+    with atomic_path(output_dir / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(out.summary | (extra or {}), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return output_dir
-
-
-def _write_csv(f, fields, records) -> None:
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
-    w.writerows(records)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_eval(checkpoint, data_dir, split: str = "test", *, backend: str = "torch", device: str = "cpu",

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ilora_export.errors import DataError, IloraError
+from ilora_export.fileio import atomic_dir
 from ilora_export.train.recipe import Recipe, recipe_to_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,12 +71,10 @@ def _stage1_sasrec(recipe: Recipe, dataset, out: Path, device: str, progress: bo
                             batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay)
     sasrec, metrics = train_sasrec(dataset.split("train"), num_items, cfg, seed=recipe.seed,
                                    valid_df=dataset.split("valid"), progress=progress, device=device)
-    tmp = Path(tempfile.mkdtemp(prefix=".stage1-", dir=out))
-    save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, tmp / "sasrec.safetensors")
-    (tmp / "sasrec.json").write_text(json.dumps(sasrec.config()))
-    (tmp / "metrics.json").write_text(json.dumps(metrics, default=float, indent=2))
-    shutil.rmtree(stage1, ignore_errors=True)
-    os.replace(tmp, stage1)
+    with atomic_dir(stage1) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, tmp / "sasrec.safetensors")
+        (tmp / "sasrec.json").write_text(json.dumps(sasrec.config()))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, default=float, indent=2))
     return sasrec.cpu()
 
 
@@ -119,14 +115,12 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def _save_state(out: Path, model, optimizer, scheduler, step: int, log: list[dict]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{STATE_DIR}-", dir=out))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()},
-              tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "log": log}))
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    os.replace(tmp, out / STATE_DIR)
+    with atomic_dir(out / STATE_DIR) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()},
+                  tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "log": log}))
 
 
 def _load_state(out: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:

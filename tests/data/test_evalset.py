@@ -8,7 +8,6 @@ import pytest
 from ilora_export.data.evalset import (
     EvalSet,
     build_eval_set,
-    file_sha256,
     load_or_build_eval_set,
     read_eval_set,
     sample_candidates,
@@ -17,6 +16,7 @@ from ilora_export.data.evalset import (
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.synthetic import write_synthetic_dataset
 from ilora_export.errors import DataError
+from ilora_export.fileio import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_candidates_follow_the_protocol(toy):
         positions.add(row.candidates.index(row.target))
     assert len(positions) > 10  # shuffled, not always in one place
     assert (evalset.split, evalset.seed, evalset.num_items, evalset.pad_id, evalset.dataset) == ("train", 0, 50, 50, "toy")
-    assert evalset.fingerprint == file_sha256(toy.split_path("train"))
+    assert evalset.fingerprint == sha256_file(toy.split_path("train"))
 
 
 def test_negatives_are_spread_over_the_catalogue(toy):
