@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ilora_export.data.evalset import EvalSet
-from ilora_export.errors import DataError
+from ilora_export.errors import DataError, IloraError
 from ilora_export.eval.metrics import judge, summarize
 from ilora_export.fileio import atomic_path
 from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule, greedy_generate
@@ -115,11 +115,10 @@ def run_eval(checkpoint, data_dir, split: str = "test", *, backend: str = "torch
     from ilora_export.data.prompts import load_prompt_file
 
     if backend != "torch":
-        raise DataError(f"unknown backend {backend!r}", "this build evaluates with --backend torch")
+        raise IloraError(f"unknown backend {backend!r}", "evaluate with --backend torch")
     if device == "cuda" and not torch.cuda.is_available():
-        from ilora_export.errors import IloraError
-
-        raise IloraError("--device cuda: PyTorch sees no CUDA device", "install a CUDA build of PyTorch or use --device cpu")
+        raise IloraError("--device cuda: PyTorch sees no CUDA device",
+                         "install a CUDA build of PyTorch, or use --device cpu")
     dataset = load_dataset(data_dir)
     evalset = load_or_build_eval_set(dataset, split, seed, Path(eval_set) if eval_set else None)
     if limit is not None:
