@@ -73,15 +73,6 @@ class ResidualBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class _Softmax(nn.Module):
-    def __init__(self, in_features: int, num_experts: int):
-        super().__init__()
-        self.fc = nn.Linear(in_features, num_experts)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x).softmax(-1)
-
-
 class ResNetGate(nn.Module):
     """The official residual CNN router over the user representation as a 1-channel signal."""
 
@@ -99,7 +90,7 @@ class ResNetGate(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool1d(1)
-        self.gate = _Softmax(64, num_experts)
+        self.gate = DenseGate(64, num_experts)  # keys gate.fc.*, as the official router
 
     def forward(self, user_repr: torch.Tensor) -> torch.Tensor:
         x = user_repr.unsqueeze(1) if user_repr.dim() == 2 else user_repr  # [B, 1, d]
