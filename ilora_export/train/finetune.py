@@ -147,7 +147,7 @@ def _load_state(out: Path, model, optimizer, scheduler) -> tuple[int, list[dict]
 def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> FinetuneResult:
     """Run both stages of a recipe; returns where the checkpoint is. The Python API of ``finetune``."""
     from ilora_export.base.fetch import resolve_base_model
-    from ilora_export.base.loading import load_base_model
+    from ilora_export.base.loading import check_base_model_dir, load_base_model
     from ilora_export.checkpoint import save_checkpoint
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import default_templates, load_prompt_file
@@ -165,11 +165,13 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
     (out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
     _seed_everything(recipe.seed)
 
+    # Everything a user can get wrong is checked before any long work starts.
     dataset = load_dataset(recipe.data.root)
     templates = load_prompt_file(recipe.data.prompt_file) if recipe.data.prompt_file else default_templates()
+    base_dir = resolve_base_model(recipe.base_model)
+    check_base_model_dir(base_dir)
     sasrec = _stage1_sasrec(recipe, dataset, out, device, progress)
 
-    base_dir = resolve_base_model(recipe.base_model)
     llm, tokenizer = load_base_model(base_dir, dtype=DTYPES[tc.dtype])
     add_ilora_tokens(tokenizer, llm)
     a = recipe.adapter
