@@ -18,7 +18,7 @@ from ilora_export.data.evalset import EvalSet
 from ilora_export.errors import DataError, IloraError
 from ilora_export.eval.metrics import judge, summarize
 from ilora_export.fileio import atomic_path
-from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule, greedy_generate
+from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule, eos_token_ids, greedy_generate
 from ilora_export.model.prompting import PromptEncoder
 
 PREDICTIONS = "predictions.csv"
@@ -51,7 +51,7 @@ def evaluate_model(loaded, evalset: EvalSet, *, batch_size: int = 8, device: str
     check_evalset_fits(evalset, catalogue, f"evaluation set ({evalset.split})")
     model.to(device).eval()
     encoder = PromptEncoder(model.tokenizer, catalogue.title, templates or loaded.templates)
-    stop = StopRule(model.tokenizer)
+    stop = StopRule(model.tokenizer, eos_token_ids(model.tokenizer, model.llm.generation_config))
     examples = [encoder.encode(r.seq, r.len_seq, r.candidates) for r in evalset.rows]
     # Length bucketing: rows of similar prompt length share a batch (answers do not depend on it).
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))

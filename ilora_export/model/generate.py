@@ -15,28 +15,37 @@ from ilora_export.model.prompting import PromptBatch
 MAX_NEW_TOKENS = 64
 
 
+def eos_token_ids(tokenizer, generation_config=None) -> set[int]:
+    """EOS ids of the tokenizer and, when given, of the model's generation config (int or list)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    extra = getattr(generation_config, "eos_token_id", None)
+    ids |= set(extra) if isinstance(extra, (list, tuple)) else ({extra} if extra is not None else set())
+    return ids
+
+
 class StopRule:
     """Per-tokenizer stop conditions: EOS ids and the ids whose text contains a newline."""
 
     def __init__(self, tokenizer, eos_ids: set[int] | None = None):
         self.tokenizer = tokenizer
-        if eos_ids is None:
-            eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        self.eos_ids = set(eos_ids)
+        self.eos_ids = set(eos_ids) if eos_ids is not None else eos_token_ids(tokenizer)
         vocab = len(tokenizer)
         texts = tokenizer.batch_decode([[i] for i in range(vocab)])
         self.newline_ids = {i for i, t in enumerate(texts) if "\n" in t}
 
+    def _text(self, token_ids: list[int]) -> str:
+        # as the official evaluation decodes: special tokens skipped, no clean-up of spaces
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     def first_line(self, token_ids: list[int]) -> str:
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-        return text.split("\n")[0]
+        return self._text(token_ids).strip().split("\n")[0]
 
     def is_done(self, token_ids: list[int]) -> bool:
         last = token_ids[-1]
         if last in self.eos_ids:
             return True
         if last in self.newline_ids:
-            return "\n" in self.tokenizer.decode(token_ids, skip_special_tokens=True).lstrip()
+            return "\n" in self._text(token_ids).lstrip()
         return False
 
 
