@@ -14,7 +14,6 @@ from ilora_export.model.ilora import AdapterSpec, ILoRAModel, add_ilora_tokens
 from ilora_export.model.moe_lora import moe_lora_layers
 from ilora_export.model.sasrec import SASRec
 
-
 #: the official reference files (data, SASRec, prompts) live outside the repository
 REF_DIR = Path(os.environ.get("ILORA_REF_DIR", Path(__file__).resolve().parents[2] / "shared" / "ilora-ref"))
 
@@ -25,6 +24,17 @@ def ref_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference file {path} not present (set ILORA_REF_DIR to the ilora-ref folder)")
     return path
+
+
+def cli_exit_code(args) -> int:
+    """Run ``ilora-export ARGS`` in-process (as the console script does); its exit status."""
+    from ilora_export.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
 
 
 def make_tiny_ilora(llama_dir, *, num_items: int = 50, num_experts: int = 4, gate: str = "dense",

@@ -4,12 +4,12 @@ import json
 import pytest
 
 from ilora_export.checkpoint import load_checkpoint
-from ilora_export.cli import main
 from ilora_export.data.evalset import build_eval_set, read_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.errors import DataError
 from ilora_export.eval.metrics import judge
 from ilora_export.eval.reference import evaluate_model, run_eval
+from tests.factories import cli_exit_code
 
 
 def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path):
@@ -44,19 +44,11 @@ def test_eval_set_with_ids_outside_the_catalogue_is_refused(tiny_run, toy_data_d
         evaluate_model(loaded, evalset, progress=False)
 
 
-def _exit_code(args) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code or 0
-    return 0
-
-
 def test_cli_eval_prints_metrics_and_errors_have_hints(tiny_run, toy_data_dir, tmp_path, capsys):
-    assert _exit_code(["eval", str(tiny_run.checkpoint), "--data", str(toy_data_dir), "--limit", "3",
+    assert cli_exit_code(["eval", str(tiny_run.checkpoint), "--data", str(toy_data_dir), "--limit", "3",
                        "-o", str(tmp_path / "o")]) == 0
     assert "HitRatio@1 (valid)" in capsys.readouterr().out
-    assert _exit_code(["eval", str(tmp_path / "missing"), "--data", str(toy_data_dir)]) == 1
+    assert cli_exit_code(["eval", str(tmp_path / "missing"), "--data", str(toy_data_dir)]) == 1
     err = capsys.readouterr().err
     assert "checkpoint directory not found" in err and "Hint:" in err and "Traceback" not in err
 
