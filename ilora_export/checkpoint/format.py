@@ -104,10 +104,6 @@ class CheckpointInfo:
     path: Path
     config: dict
 
-    @property
-    def adapter_file(self) -> Path:
-        return self.path / ADAPTER
-
 
 def read_checkpoint(path) -> CheckpointInfo:
     """Validate a checkpoint directory's config and file hashes."""

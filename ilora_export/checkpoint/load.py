@@ -8,9 +8,18 @@ from pathlib import Path
 
 import torch
 
-from ilora_export.checkpoint.format import (ADAPTER, ADDED_TOKENS, CATALOGUE, PROMPTS, SASREC, TOKENIZER,
-                                            CheckpointInfo, base_model_fingerprint, read_checkpoint,
-                                            read_tensors)
+from ilora_export.checkpoint.format import (
+    ADAPTER,
+    ADDED_TOKENS,
+    CATALOGUE,
+    PROMPTS,
+    SASREC,
+    TOKENIZER,
+    CheckpointInfo,
+    base_model_fingerprint,
+    read_checkpoint,
+    read_tensors,
+)
 from ilora_export.data.llara import Catalogue
 from ilora_export.data.prompts import PromptTemplates
 from ilora_export.errors import CheckpointError
@@ -26,10 +35,6 @@ class LoadedCheckpoint:
     info: CheckpointInfo
     base_model_dir: Path
     fingerprint_ok: bool = True  # False: same shapes, but the base folder's files differ from training
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
 
 
 def _resolve_base(info: CheckpointInfo, base_model: str | None) -> Path:
@@ -53,8 +58,9 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
     from transformers import AutoTokenizer
 
     from ilora_export.base.loading import load_base_model
-    from ilora_export.model.ilora import AdapterSpec, ILoRAModel
+    from ilora_export.model.ilora import ILoRAModel
     from ilora_export.model.sasrec import SASRec
+    from ilora_export.model.spec import AdapterSpec
 
     info = read_checkpoint(path)
     cfg = info.config

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ilora_export.cli.options import (batch_size_option, data_options, device_option, limit_option,
-                                      output_option, prompt_file_option, seed_option)
+from ilora_export.cli.options import (
+    batch_size_option,
+    data_options,
+    device_option,
+    limit_option,
+    output_option,
+    prompt_file_option,
+    seed_option,
+)
 
 
 def format_summary(s: dict) -> str:

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ilora_export.data.llara import Catalogue, LlaraDataset, _describe_bad_id, load_dataset
+from ilora_export.data.llara import (
+    Catalogue,
+    LlaraDataset,
+    _describe_bad_id,
+    load_dataset,
+)
 from ilora_export.errors import DataError
 from ilora_export.fileio import atomic_path, sha256_file
 

@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 from ilora_export.base.cache import extract_member, fetch_wheel
-from ilora_export.fileio import atomic_path
 from ilora_export.errors import DataError
+from ilora_export.fileio import atomic_path
 
 RECBOLE_NAME = "recbole"
 RECBOLE_VERSION = "1.2.1"

@@ -18,7 +18,12 @@ from ilora_export.data.evalset import EvalSet
 from ilora_export.errors import DataError, IloraError
 from ilora_export.eval.metrics import judge, summarize
 from ilora_export.fileio import atomic_path
-from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule, eos_token_ids, greedy_generate
+from ilora_export.model.generate import (
+    MAX_NEW_TOKENS,
+    StopRule,
+    eos_token_ids,
+    greedy_generate,
+)
 from ilora_export.model.prompting import PromptEncoder
 
 PREDICTIONS = "predictions.csv"

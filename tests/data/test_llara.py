@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ilora_export.data.llara import SPLIT_FILES, load_catalogue, load_dataset, parse_movielens_title
+from ilora_export.data.llara import (
+    SPLIT_FILES,
+    load_catalogue,
+    load_dataset,
+    parse_movielens_title,
+)
 from ilora_export.data.synthetic import synthetic_titles, write_synthetic_dataset
 from ilora_export.errors import DataError
 

@@ -3,7 +3,12 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ilora_export.model.moe_lora import ExpertGate, MoELoraLinear, inject_moe_lora, moe_lora_layers
+from ilora_export.model.moe_lora import (
+    ExpertGate,
+    MoELoraLinear,
+    inject_moe_lora,
+    moe_lora_layers,
+)
 
 
 def _layer(r=8, alpha=32.0, k=4, din=16, dout=12, seed=0):

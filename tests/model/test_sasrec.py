@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.factories import REF_DIR
 from ilora_export.errors import CheckpointError
 from ilora_export.model.sasrec import SASRec, load_official_sasrec
+from tests.factories import REF_DIR
 
 OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"
 needs_ref = pytest.mark.skipif(
