@@ -94,3 +94,24 @@ def test_gate_is_per_sequence_and_sums_to_one(model, toy):
 def test_left_padding_positions():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_gradients_reach_exactly_the_adapter(model, toy):
+    """The LM loss trains the expert bank, the gate and the projector; the LLM and SASRec stay frozen."""
+    ds, evalset = toy
+    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    rows = evalset.rows[:2]
+    batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows],
+                        padding_side="right")
+    model.zero_grad(set_to_none=True)
+    model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
+          labels=batch.labels).loss.backward()
+    trainable = model.trainable_parameters()
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values()), \
+        [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert any(n.startswith("projector.") for n in trainable) and any(n.startswith("gate_net.") for n in trainable)
+    assert {n.split(".")[-3] for n in trainable if ".lora_" in n} == {"lora_A", "lora_B"}
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("sasrec.") for n in frozen) and "llm.model.embed_tokens.weight" in frozen
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    model.zero_grad(set_to_none=True)
