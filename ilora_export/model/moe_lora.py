@@ -15,6 +15,7 @@ state-dict keys read ``...q_proj.lora_A.default.weight``. Injection is :func:`in
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 
 import torch
@@ -120,3 +121,37 @@ def inject_moe_lora(model: nn.Module, target_modules: list[str] | tuple[str, ...
 def moe_lora_layers(model: nn.Module) -> dict[str, MoELoraLinear]:
     """All MoE-LoRA layers of ``model`` by qualified name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, MoELoraLinear)}
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+class BankLayout:
+    """The expert bank as one stacked tensor pair per projection, over layers (no batch axis).
+
+    ``lora_A.<proj>`` [L, r, in] and ``lora_B.<proj>`` [L, out, r]; :meth:`parameters_from` maps such
+    tensors back to the wrapped layers' parameter names (for ``torch.func.functional_call``).
+    """
+
+    def __init__(self, model: nn.Module):
+        by_proj: dict[str, list[tuple[int, str]]] = {}
+        for name in moe_lora_layers(model):
+            m = _LAYER_INDEX.search(name)
+            if m is None:
+                raise ValueError(f"cannot tell the layer index of {name!r}")
+            by_proj.setdefault(name.rsplit(".", 1)[-1], []).append((int(m.group(1)), name))
+        self.modules = {p: [n for _, n in sorted(v)] for p, v in sorted(by_proj.items())}
+        self.adapter = DEFAULT_ADAPTER
+
+    @property
+    def keys(self) -> list[str]:
+        return [f"{ab}.{p}" for p in self.modules for ab in ("lora_A", "lora_B")]
+
+    def stack(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        params = dict(model.named_parameters())
+        return {f"{ab}.{p}": torch.stack([params[f"{n}.{ab}.{self.adapter}.weight"] for n in names]).detach()
+                for p, names in self.modules.items() for ab in ("lora_A", "lora_B")}
+
+    def parameters_from(self, bank: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"{n}.{ab}.{self.adapter}.weight": bank[f"{ab}.{p}"][i]
+                for p, names in self.modules.items() for i, n in enumerate(names) for ab in ("lora_A", "lora_B")}
