@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+from ilora_export.export.encoder import EncoderWrapper, export_encoder
+from tests.factories import make_tiny_ilora
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
+
+
+@pytest.mark.parametrize("gate", ["dense", "resnet"])
+def test_encoder_graph_matches_pytorch(gate, tiny_llama_dir, tmp_path):
+    model = make_tiny_ilora(tiny_llama_dir, gate=gate)
+    # The official query mask tests ln_1(x).sum(-1) != 0; with a fresh LayerNorm (weight 1, bias 0) that sum
+    # is 0 up to rounding, so the mask would be rounding noise. Trained SASRec LayerNorms are not like that.
+    with torch.no_grad():
+        for ln in (model.sasrec.ln_1, model.sasrec.ln_2, model.sasrec.ln_3):
+            ln.weight.uniform_(0.5, 1.5), ln.bias.normal_(0, 0.1)
+    contract = export_encoder(model, tmp_path / "encoder.onnx")
+    session = ort.InferenceSession(str(tmp_path / "encoder.onnx"))
+    assert [i.name for i in session.get_inputs()] == list(contract.input_names)
+    torch.manual_seed(1)
+    seq = torch.randint(0, 50, (3, 10))
+    seq[0, 4:] = 50  # padding (pad id = item_num) after 4 real items
+    len_seq = torch.tensor([4, 10, 10])
+    items = torch.randint(0, 50, (3, 30))  # another batch and item count than the trace
+    with torch.no_grad():
+        gate_ref, emb_ref = EncoderWrapper(model)(seq, len_seq, items)
+    gate_ort, emb_ort = session.run(None, {"seq": seq.numpy(), "len_seq": len_seq.numpy(), "items": items.numpy()})
+    assert gate_ort.shape == (3, 4) and emb_ort.shape == (3, 30, 64)
+    assert np.abs(gate_ort - gate_ref.numpy()).max() <= 1e-5
+    assert np.abs(emb_ort - emb_ref.numpy()).max() <= 1e-5
