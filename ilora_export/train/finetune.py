@@ -237,20 +237,22 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
 
     eval_summary = None
     if tc.eval_rows != 0:
-        eval_summary = _final_eval(recipe, out, dataset, device, progress)
+        eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
     return FinetuneResult(out / CKPT_DIR, step, log[-1]["loss"] if log else None, eval_summary,
                           time.perf_counter() - t_start)
 
 
-def _final_eval(recipe: Recipe, out: Path, dataset, device: str, progress: bool) -> dict:
-    from ilora_export.checkpoint import load_checkpoint
+def _final_eval(recipe: Recipe, out: Path, model, dataset, templates, base_dir: Path, device: str,
+                progress: bool) -> dict:
+    """Evaluate the model in memory (no second copy of the LLM) on the first ``eval_rows`` rows."""
+    from ilora_export.checkpoint import LoadedCheckpoint, read_checkpoint
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.eval.reference import evaluate_model, write_eval_output
 
     evalset = build_eval_set(dataset, recipe.data.eval_split, seed=0)
     if recipe.train.eval_rows is not None:
         evalset.rows = evalset.rows[:recipe.train.eval_rows]
-    loaded = load_checkpoint(out / CKPT_DIR, device=device)
+    loaded = LoadedCheckpoint(model, dataset.catalogue, templates, read_checkpoint(out / CKPT_DIR), base_dir)
     result = evaluate_model(loaded, evalset, batch_size=recipe.train.batch_size, device=device, progress=progress)
     write_eval_output(result, out / f"eval-{recipe.data.eval_split}")
     return result.summary
