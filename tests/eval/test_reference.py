@@ -9,7 +9,7 @@ from ilora_export.data.llara import load_dataset
 from ilora_export.errors import DataError
 from ilora_export.eval.metrics import judge
 from ilora_export.eval.reference import evaluate_model, run_eval
-from tests.factories import cli_exit_code
+from tests.factories import cli_exit_code, make_tiny_ilora
 
 
 def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path):
@@ -27,12 +27,17 @@ def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path
     assert [r.row_id for r in evalset.rows] == [int(r["row_id"]) for r in rows]
 
 
-def test_batch_size_does_not_change_answers(tiny_run, toy_data_dir):
-    loaded = load_checkpoint(tiny_run.checkpoint)
+def test_batch_size_does_not_change_answers(tiny_run, tiny_llama_dir, toy_data_dir):
+    # the random-bank tiny model answers with varied text (the 6-step run answers mostly nothing)
+    from dataclasses import replace
+
+    loaded = replace(load_checkpoint(tiny_run.checkpoint), model=make_tiny_ilora(tiny_llama_dir))
     evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
     one = evaluate_model(loaded, evalset, batch_size=1, progress=False, max_new_tokens=16)
     many = evaluate_model(loaded, evalset, batch_size=5, progress=False, max_new_tokens=16)
-    assert [r["answer"] for r in one.records] == [r["answer"] for r in many.records]
+    answers = [r["answer"] for r in one.records]
+    assert len(set(answers)) > 1  # real, varied answers, not a trivially equal empty list
+    assert answers == [r["answer"] for r in many.records]
 
 
 def test_eval_set_with_ids_outside_the_catalogue_is_refused(tiny_run, toy_data_dir):
