@@ -64,6 +64,8 @@ def test_cuda_answers_match_cpu(tiny_run, toy_data_dir):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    cpu = run_eval(tiny_run.checkpoint, toy_data_dir, "test", progress=False, output=None)
-    gpu = run_eval(tiny_run.checkpoint, toy_data_dir, "test", device="cuda", progress=False, output=None)
-    assert cpu["valid"] == gpu["valid"]
+    loaded = load_checkpoint(tiny_run.checkpoint)
+    evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
+    cpu = evaluate_model(loaded, evalset, progress=False)
+    gpu = evaluate_model(loaded, evalset, device="cuda", progress=False)
+    assert [r["answer"] for r in gpu.records] == [r["answer"] for r in cpu.records]
