@@ -38,3 +38,15 @@ class BaseModelError(IloraError):
 
 class UnsafePickleError(IloraError):
     """A pickle that references a global outside the allowlist."""
+
+
+class ExportError(IloraError):
+    """An export directory (graphs, external data, expert bank, manifest) that does not validate."""
+
+
+class ValidationError(IloraError):
+    """Two backends disagree beyond the tolerance the graph contract declares."""
+
+    def __init__(self, message: str, hint: str | None = None, report: dict | None = None):
+        super().__init__(message, hint)
+        self.report = report or {}

@@ -134,6 +134,22 @@ def read_checkpoint(path) -> CheckpointInfo:
     return CheckpointInfo(path, config)
 
 
+def read_catalogue(file: Path):
+    """A ``catalogue.json`` (as a checkpoint or an export holds it) as a Catalogue."""
+    from ilora_export.data.llara import Catalogue
+
+    cat = json.loads(Path(file).read_text(encoding="utf-8"))
+    return Catalogue(titles=dict(enumerate(cat["titles"])), pad_id=cat["pad_id"], source=Path(file))
+
+
+def read_templates(file: Path, source: str):
+    """A ``prompts.txt`` (one template per line) as PromptTemplates."""
+    from ilora_export.data.prompts import PromptTemplates
+
+    lines = Path(file).read_text(encoding="utf-8").split("\n")
+    return PromptTemplates(tuple(t for t in lines if t), source=source)
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from ilora_export.checkpoint.format import (
     TOKENIZER,
     CheckpointInfo,
     base_model_fingerprint,
+    read_catalogue,
     read_checkpoint,
+    read_templates,
     read_tensors,
 )
 from ilora_export.data.llara import Catalogue
@@ -35,6 +36,15 @@ class LoadedCheckpoint:
     info: CheckpointInfo
     base_model_dir: Path
     fingerprint_ok: bool = True  # False: same shapes, but the base folder's files differ from training
+
+    def assets(self):
+        """Tokenizer, catalogue, templates, token and EOS ids: what the shared generator needs."""
+        from ilora_export.model.generate import eos_token_ids
+        from ilora_export.runtime.generator import PromptAssets
+
+        tok = self.model.tokenizer
+        return PromptAssets(tok, self.catalogue, self.templates, dict(self.model.token_ids),
+                            eos_token_ids(tok, self.model.llm.generation_config))
 
 
 def _resolve_base(info: CheckpointInfo, base_model: str | None) -> Path:
@@ -95,11 +105,8 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
     model.load_added_token_rows(read_tensors(info.path / ADDED_TOKENS))
     model.to(device=device).eval()
 
-    cat = json.loads((info.path / CATALOGUE).read_text(encoding="utf-8"))
-    catalogue = Catalogue(titles=dict(enumerate(cat["titles"])), pad_id=cat["pad_id"],
-                          source=info.path / CATALOGUE)
-    lines = (info.path / PROMPTS).read_text(encoding="utf-8").split("\n")
-    templates = PromptTemplates(tuple(t for t in lines if t), source=cfg["prompts"]["source"])
+    catalogue = read_catalogue(info.path / CATALOGUE)
+    templates = read_templates(info.path / PROMPTS, cfg["prompts"]["source"])
     return LoadedCheckpoint(model, catalogue, templates, info, base_dir, fingerprint_ok)
 
 

@@ -20,6 +20,9 @@ COMMANDS = {
     "evalset": "data:evalset",
     "finetune": "finetune:finetune",
     "eval": "evaluate:evaluate",
+    "onnx": "export:export_onnx",
+    "verify": "verify:verify",
+    "quickstart": "quickstart:quickstart",
 }
 
 
@@ -45,6 +48,9 @@ def cli():
       ilora-export fetch                      # embedded default LLM (SmolLM2-135M)
       ilora-export finetune recipes/lastfm-smollm2.yaml
       ilora-export eval runs/lastfm-smollm2/ckpt --data DIR --split test
+      ilora-export onnx runs/lastfm-smollm2/ckpt -o runs/lastfm-smollm2/onnx
+      ilora-export eval runs/lastfm-smollm2/onnx --backend ort --data DIR
+      ilora-export verify runs/lastfm-smollm2/ckpt runs/lastfm-smollm2/onnx --data DIR
     """
 
 

@@ -8,10 +8,12 @@ from ilora_export.cli.options import (
     batch_size_option,
     data_options,
     device_option,
+    eval_set_option,
     limit_option,
     output_option,
     prompt_file_option,
     seed_option,
+    threads_option,
 )
 
 
@@ -27,31 +29,34 @@ def format_summary(s: dict) -> str:
 
 
 @click.command(name="eval")
-@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.argument("target", type=click.Path(path_type=str))
 @data_options
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
-              help="Inference backend (torch is the reference).")
+@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
+              help="torch: a checkpoint in PyTorch (the reference); ort: an export folder in onnxruntime.")
 @device_option
 @batch_size_option
 @limit_option
 @seed_option
-@click.option("--eval-set", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="A materialized evaluation set (JSON Lines from `ilora-export evalset`); built from "
-                   "--data/--split/--seed when absent.")
+@eval_set_option
 @prompt_file_option
 @click.option("--base-model", default=None, help="Base-model folder, when not where the checkpoint recorded it.")
+@threads_option
+@click.option("--bank", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="ort: another expert bank (bank.safetensors of a compatible export) instead of the export's.")
 @output_option
-def evaluate(checkpoint, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
-             base_model, output):
-    """Evaluate CHECKPOINT: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
+def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
+             base_model, threads, bank, output):
+    """Evaluate TARGET: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
 
+    TARGET is a checkpoint folder (--backend torch) or an export folder from `ilora-export onnx`
+    (--backend ort). Both run the same generator, so their answers can be compared row by row.
     Writes predictions.csv, summary.json and the evaluation set used into -o OUTPUT.
     """
     from ilora_export.eval.reference import run_eval
 
-    summary = run_eval(checkpoint, data_dir, split, backend=backend, device=device, batch_size=batch_size,
+    summary = run_eval(target, data_dir, split, backend=backend, device=device, batch_size=batch_size,
                        limit=limit, output=output, seed=seed, eval_set=eval_set, prompt_file=prompt_file,
-                       base_model=base_model)
+                       base_model=base_model, threads=threads, bank=bank)
     click.echo(format_summary(summary))
     if output:
         click.echo(f"results: {output}")

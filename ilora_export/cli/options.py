@@ -44,3 +44,11 @@ prompt_file_option = click.option("--prompt-file", type=click.Path(dir_okay=Fals
 cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=str), default=None,
                                 help="Download/convert cache (default: $ILORA_EXPORT_CACHE or "
                                      "~/.cache/ilora-export).")
+
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="Intra-op threads for PyTorch and onnxruntime (default: their own choice, "
+                                   "usually the physical cores).")
+
+eval_set_option = click.option("--eval-set", type=click.Path(dir_okay=False, path_type=str), default=None,
+                               help="A materialized evaluation set (JSON Lines from `ilora-export evalset`); "
+                                    "built from --data/--split/--seed when absent.")

@@ -4,98 +4,124 @@ Needs the `onnx` extra (`pip install ilora-export[onnx]`) for `export_decoder`.
 
 The wrapper's signature is flat tensors (what ``torch.onnx.export(dynamo=True)`` needs); it builds the
 ``DynamicCache`` from the past tensors itself and routes the bank through ``functional_call``, so the
-model's layers are used as they are.
+model's layers are used as they are. Only the last position goes through the LM head, in fp32 whatever
+the graph's dtype; RMSNorm runs in fp32 (the Llama code upcasts) and so do the attention scores and
+softmax (``export.attention``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from ilora_export.export.attention import traced_attention
+from ilora_export.export.contract import (
+    GraphContract,
+    ModelShape,
+    decoder_contract,
+    past_names,
+)
 from ilora_export.model.moe_lora import BankLayout
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
-@dataclass(frozen=True)
-class DecoderContract:
-    """Names and dynamic axes of the decoder graph's inputs and outputs."""
 
-    num_layers: int
-    bank_keys: tuple[str, ...]
+def model_shape(model) -> ModelShape:
+    """Sizes of an ILoRAModel's LLM and expert bank."""
+    cfg = model.llm.config
+    bank = BankLayout(model.llm).stack(model.llm)
+    return ModelShape(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
+                      num_kv_heads=cfg.num_key_value_heads,
+                      head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+                      vocab_size=model.llm.get_output_embeddings().weight.shape[0],
+                      num_experts=model.spec.num_experts,
+                      bank_shapes={k: list(v.shape) for k, v in bank.items()})
 
-    @property
-    def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
 
-    @property
-    def bank_names(self) -> list[str]:
-        return [f"bank.{k}" for k in self.bank_keys]
+class _LastLogits(nn.Module):
+    """Decoder stack, then the LM head on the last position only, in fp32."""
 
-    @property
-    def input_names(self) -> list[str]:
-        return ["inputs_embeds", "attention_mask", "position_ids", "gate_weights", *self.past_names,
-                *self.bank_names]
+    def __init__(self, llm):
+        super().__init__()
+        self.llm = llm
 
-    @property
-    def output_names(self) -> list[str]:
-        return ["logits", *[n.replace("past_key_values", "present") for n in self.past_names]]
+    def forward(self, inputs_embeds, attention_mask, position_ids, cache):
+        out = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                     position_ids=position_ids, cache=cache, use_cache=True)
+        head = self.llm.get_output_embeddings()
+        last = out.last_hidden_state[:, -1:, :].float()  # [B, 1, H]
+        bias = None if head.bias is None else head.bias.float()
+        return nn.functional.linear(last, head.weight.float(), bias), out.past_key_values  # [B, 1, V]
 
 
 class DecoderWrapper(nn.Module):
-    """Flat-tensor decoder step over an ILoRAModel: (embeds, mask, positions, gate, *past, *bank)."""
+    """Flat-tensor decoder step over an ILoRAModel: (embeds, mask, positions, gate, *past, *bank).
 
-    def __init__(self, model):
+    With ``bake_experts`` the bank is the model's own parameters (graph initializers) and not an input.
+    """
+
+    def __init__(self, model, *, bake_experts: bool = False):
         super().__init__()
         self.model = model
+        self.step = _LastLogits(model.llm)
         self.layout = BankLayout(model.llm)
-        self.contract = DecoderContract(model.llm.config.num_hidden_layers, tuple(self.layout.keys))
+        self.bake_experts = bake_experts
+        dtype = {v: k for k, v in DTYPES.items()}[model.llm.get_input_embeddings().weight.dtype]
+        self.contract: GraphContract = decoder_contract(model_shape(model), dtype, bake_experts=bake_experts)
+        self.num_layers = model.llm.config.num_hidden_layers
+
+    def bank_inputs(self) -> list[torch.Tensor]:
+        """The model's own bank in contract order (empty when baked)."""
+        if self.bake_experts:
+            return []
+        bank = self.layout.stack(self.model.llm)
+        return [bank[k] for k in self.layout.keys]
 
     def forward(self, inputs_embeds, attention_mask, position_ids, gate_weights, *past_and_bank):
         # inputs_embeds [B, S, H]; attention_mask [B, P+S]; position_ids [B, S]; gate_weights [B, K]
-        n_past = 2 * self.contract.num_layers
+        n_past = 2 * self.num_layers
         past, bank = past_and_bank[:n_past], past_and_bank[n_past:]
         cache = DynamicCache(config=self.model.llm.config)
-        for i in range(self.contract.num_layers):
+        for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)  # [B, kv_heads, P, head_dim]
-        params = self.layout.parameters_from(dict(zip(self.contract.bank_keys, bank)))
+        params = {} if self.bake_experts else self.layout.parameters_from(dict(zip(self.layout.keys, bank)))
+        params = {f"llm.{k}": v for k, v in params.items()}
         with self.model.expert_gate.use(gate_weights):
-            out = torch.func.functional_call(self.model.llm, params, (), dict(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                cache=cache, use_cache=True, logits_to_keep=1), strict=False)
+            logits, cache = torch.func.functional_call(
+                self.step, params, (inputs_embeds, attention_mask, position_ids, cache), strict=False)
         present = []
-        for layer in out.past_key_values.layers:
+        for layer in cache.layers:
             present += [layer.keys, layer.values]  # [B, kv_heads, P+S, head_dim]
-        return (out.logits, *present)  # logits [B, 1, V]
+        return (logits, *present)  # logits [B, 1, V] fp32
 
 
 def sample_inputs(wrapper: DecoderWrapper, batch: int = 2, seq: int = 5, past: int = 3) -> tuple:
     """Trace inputs; sizes avoid 0 and 1 so the exporter keeps those axes symbolic."""
     cfg = wrapper.model.llm.config
-    hidden, kv_heads = cfg.hidden_size, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
+    shape = model_shape(wrapper.model)
     dtype = wrapper.model.llm.get_input_embeddings().weight.dtype
     k = wrapper.model.spec.num_experts
-    bank = wrapper.layout.stack(wrapper.model.llm)
-    return (torch.randn(batch, seq, hidden, dtype=dtype),
+    return (torch.randn(batch, seq, cfg.hidden_size, dtype=dtype),
             torch.ones(batch, past + seq, dtype=torch.long),
             torch.arange(past, past + seq).repeat(batch, 1),
             torch.softmax(torch.randn(batch, k), -1).to(dtype),
-            *[torch.randn(batch, kv_heads, past, head_dim, dtype=dtype) for _ in wrapper.contract.past_names],
-            *[bank[key] for key in wrapper.contract.bank_keys])
+            *[torch.randn(batch, shape.num_kv_heads, past, shape.head_dim, dtype=dtype)
+              for _ in past_names(shape.num_layers)],
+            *wrapper.bank_inputs())
 
 
-def export_decoder(model, path, *, external_data: bool = False) -> DecoderContract:
-    """Export ``model`` (an ILoRAModel) as the decoder ONNX graph at ``path``."""
-    wrapper = DecoderWrapper(model).eval()
+def export_decoder(model, path, *, bake_experts: bool = False, external_data: bool = True) -> GraphContract:
+    """Export ``model`` (an ILoRAModel, in the graph's dtype) as the decoder ONNX graph at ``path``."""
+    wrapper = DecoderWrapper(model, bake_experts=bake_experts).eval()
     c = wrapper.contract
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     past, total = torch.export.Dim("past_sequence"), torch.export.Dim("total_sequence")
+    n_past, n_bank = 2 * wrapper.num_layers, len(wrapper.bank_inputs())
     dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, {0: batch},
-               tuple([{0: batch, 2: past}] * len(c.past_names) + [None] * len(c.bank_names)))
-    with torch.no_grad():
-        torch.onnx.export(wrapper, sample_inputs(wrapper), str(path), dynamo=True, input_names=c.input_names,
-                          output_names=c.output_names, dynamic_shapes=dynamic, external_data=external_data,
-                          verbose=False)
+               tuple([{0: batch, 2: past}] * n_past + [None] * n_bank))
+    with torch.no_grad(), traced_attention(model.llm):
+        program = torch.onnx.export(wrapper, sample_inputs(wrapper), dynamo=True, input_names=c.input_names,
+                                    output_names=c.output_names, dynamic_shapes=dynamic, verbose=False)
+        program.save(str(path), external_data=external_data)
     return c

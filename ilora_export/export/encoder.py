@@ -1,22 +1,18 @@
 """The encoder graph: SASRec user representation -> gate weights, and item ids -> projected embeddings.
 
 Inputs ``seq`` [B, L] int64, ``len_seq`` [B] int64, ``items`` [B, N] int64 (the history and candidate
-ids whose placeholders the prompt carries); outputs ``gate_weights`` [B, K] and ``item_embeds``
-[B, N, H]. Needs the `onnx` extra.
+ids whose placeholders the prompt carries); outputs ``gate_weights`` [B, K], ``item_embeds`` [B, N, H]
+and SASRec's own scores of the items ``item_scores`` [B, N] (the SASRec-only baseline of an
+evaluation). Always fp32: it is small, and the runtime casts its outputs to the decoder's dtype.
+Needs the `onnx` extra.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class EncoderContract:
-    input_names: tuple[str, ...] = ("seq", "len_seq", "items")
-    output_names: tuple[str, ...] = ("gate_weights", "item_embeds")
+from ilora_export.export.contract import GraphContract, encoder_contract
 
 
 class EncoderWrapper(nn.Module):
@@ -25,20 +21,19 @@ class EncoderWrapper(nn.Module):
         self.model = model
 
     def forward(self, seq, len_seq, items):
-        gate = self.model.gate_weights(seq, len_seq)  # [B, K]
-        return gate, self.model.item_embeds(items)  # [B, N, H]
+        return self.model.encode(seq, len_seq, items)  # [B, K], [B, N, H], [B, N]
 
 
-def export_encoder(model, path) -> EncoderContract:
-    """Export the encoder graph of ``model`` (an ILoRAModel) at ``path``."""
+def export_encoder(model, path, shape) -> GraphContract:
+    """Export the encoder graph of ``model`` (an fp32 ILoRAModel) at ``path``."""
     wrapper = EncoderWrapper(model).eval()
-    contract = EncoderContract()
+    contract = encoder_contract(shape)
     state = model.sasrec.state_size
     batch, items = torch.export.Dim("batch"), torch.export.Dim("items")
     sample = (torch.randint(0, model.sasrec.item_num, (2, state)), torch.tensor([3, state]),
               torch.randint(0, model.sasrec.item_num, (2, 7)))
     with torch.no_grad():
-        torch.onnx.export(wrapper, sample, str(path), dynamo=True, input_names=list(contract.input_names),
-                          output_names=list(contract.output_names),
+        torch.onnx.export(wrapper, sample, str(path), dynamo=True, input_names=contract.input_names,
+                          output_names=contract.output_names,
                           dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: items}), verbose=False)
     return contract

@@ -1,4 +1,4 @@
-"""Greedy generation with a KV cache over left-padded batches, with the official stop rule.
+"""The official stop rule of greedy generation (the generator itself is ``ilora_export.runtime``).
 
 The official evaluation decodes up to 64 new tokens, strips the text and keeps its first line. We stop a
 row as soon as that first line is final: at EOS, or at a newline that follows non-blank text. The
@@ -6,11 +6,6 @@ answers are the same; the work is less.
 """
 
 from __future__ import annotations
-
-import torch
-
-from ilora_export.model.ilora import ILoRAModel, positions_from_mask
-from ilora_export.model.prompting import PromptBatch
 
 MAX_NEW_TOKENS = 64
 
@@ -47,34 +42,3 @@ class StopRule:
         if last in self.newline_ids:
             return "\n" in self._text(token_ids).lstrip()
         return False
-
-
-@torch.no_grad()
-def greedy_generate(model: ILoRAModel, batch: PromptBatch, stop: StopRule,
-                    max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
-    """Generated token ids per row (EOS excluded)."""
-    embeds = model.embed_prompt(batch.input_ids, batch.seq, batch.len_seq, batch.candidates)  # [B, S, H]
-    gate = model.gate_weights(batch.seq, batch.len_seq)  # [B, K]
-    mask = batch.attention_mask  # [B, S]
-    positions = positions_from_mask(mask)  # [B, S]
-    embed_tokens = model.llm.get_input_embeddings()
-    rows = mask.shape[0]
-    out_ids: list[list[int]] = [[] for _ in range(rows)]
-    done = [False] * rows
-    cache = None
-    with model.expert_gate.use(gate):
-        for _ in range(max_new_tokens):
-            out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                            cache=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values  # the model's Cache object
-            next_tok = out.logits[:, -1, :].argmax(-1)  # [B]
-            for b, tok in enumerate(next_tok.tolist()):
-                if not done[b]:
-                    out_ids[b].append(tok)
-                    done[b] = stop.is_done(out_ids[b])
-            if all(done):
-                break
-            embeds = embed_tokens(next_tok[:, None])  # [B, 1, H]
-            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)  # [B, P+1]
-            positions = positions[:, -1:] + 1  # [B, 1]
-    return [[t for t in ids if t not in stop.eos_ids] for ids in out_ids]

@@ -114,6 +114,15 @@ class ILoRAModel(nn.Module):
         """items [...] -> projected embeddings [..., H]."""
         return self.projector(self.sasrec.item_embedding(items).to(self.projector_dtype))
 
+    def encode(self, seq: torch.Tensor, len_seq: torch.Tensor, items: torch.Tensor):
+        """What a deployment's encoder computes: seq [B, L], len_seq [B], items [B, N] ->
+        gate weights [B, K], projected item embeddings [B, N, H] and SASRec's scores of the items [B, N]
+        (all fp32). Padding ids among the items get a score of the last item; callers ignore those."""
+        gate = self.gate_weights(seq, len_seq).float()  # [B, K]
+        embeds = self.item_embeds(items).float()  # [B, N, H]
+        scorable = items.clamp(max=self.sasrec.item_num - 1)  # [B, N]
+        return gate, embeds, self.sasrec.score_candidates(seq, len_seq, scorable).float()
+
     def embed_prompt(self, input_ids: torch.Tensor, seq: torch.Tensor, len_seq: torch.Tensor,
                      candidates: torch.Tensor) -> torch.Tensor:
         """Token embeddings with placeholders replaced, in order, by projected item embeddings.

@@ -4,17 +4,19 @@ import torch
 
 from ilora_export.export.decoder import DecoderWrapper, export_decoder, sample_inputs
 from ilora_export.model.ilora import positions_from_mask
+from ilora_export.model.moe_lora import BankLayout
 from tests.factories import make_tiny_ilora
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_llama_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["bank-input", "baked"])
+def exported(request, tiny_llama_dir, tmp_path_factory):
     model = make_tiny_ilora(tiny_llama_dir)
     path = tmp_path_factory.mktemp("onnx") / "decoder.onnx"
-    contract = export_decoder(model, path)
-    return model, DecoderWrapper(model).eval(), contract, ort.InferenceSession(str(path))
+    contract = export_decoder(model, path, bake_experts=request.param)
+    wrapper = DecoderWrapper(model, bake_experts=request.param).eval()
+    return model, wrapper, contract, ort.InferenceSession(str(path))
 
 
 def _run(session, contract, args):
@@ -22,46 +24,58 @@ def _run(session, contract, args):
 
 
 def test_contract_names(exported):
-    _, _, c, session = exported
+    model, wrapper, c, session = exported
     assert [i.name for i in session.get_inputs()] == c.input_names
     assert [o.name for o in session.get_outputs()] == c.output_names
-    assert c.bank_names[:2] == ["bank.lora_A.down_proj", "bank.lora_B.down_proj"] and len(c.bank_names) == 14
+    banks = [n for n in c.input_names if n.startswith("bank.")]
+    if wrapper.bake_experts:
+        assert banks == []
+    else:  # the contract's bank order is the layout's, which the wrapper zips the inputs with
+        assert banks == [f"bank.{k}" for k in BankLayout(model.llm).keys] and len(banks) == 14
+        assert banks[:2] == ["bank.lora_A.down_proj", "bank.lora_B.down_proj"]
+    assert session.get_outputs()[0].type == "tensor(float)" and session.get_outputs()[0].shape[1:] == [
+        1, model.llm.config.vocab_size]
 
 
-def test_left_padded_prefill_then_decode_match_pytorch(exported):
+@pytest.mark.parametrize("rows", [1, 3], ids=["batch-1", "left-padded-batch"])
+def test_prefill_then_decode_match_pytorch(exported, rows):
     model, wrapper, c, session = exported
     cfg = model.llm.config
     kv, hd = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
-    bank = [wrapper.layout.stack(model.llm)[k] for k in c.bank_keys]
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
-    embeds = torch.randn(3, 6, cfg.hidden_size)
-    gate = torch.softmax(torch.randn(3, 4), -1)
-    empty = [torch.zeros(3, kv, 0, hd) for _ in c.past_names]  # past length 0
-    prefill = (embeds, mask, positions_from_mask(mask), gate, *empty, *bank)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])[:rows]
+    embeds = torch.randn(rows, 6, cfg.hidden_size)
+    gate = torch.softmax(torch.randn(rows, 4), -1)
+    empty = [torch.zeros(rows, kv, 0, hd) for _ in range(2 * cfg.num_hidden_layers)]  # past length 0
+    prefill = (embeds, mask, positions_from_mask(mask), gate, *empty, *wrapper.bank_inputs())
     with torch.no_grad():
         ref = wrapper(*prefill)
-        own = model.llm  # the wrapper is the model itself: compare with a plain forward
-        with model.expert_gate.use(gate):
-            plain = own(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+        with model.expert_gate.use(gate):  # the wrapper is the model itself: compare with a plain forward
+            plain = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
     torch.testing.assert_close(ref[0][:, -1], plain[:, -1], rtol=1e-5, atol=1e-5)
     got = _run(session, c, prefill)
     assert np.abs(got[0] - ref[0].numpy()).max() <= 1e-4
     assert (got[0].argmax(-1) == ref[0].numpy().argmax(-1)).all()
-    # one decode step on the presents (past > 0)
-    step_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
-    step = (torch.randn(3, 1, cfg.hidden_size), step_mask, positions_from_mask(step_mask)[:, -1:], gate,
-            *[torch.from_numpy(p) for p in got[1:]], *bank)
-    with torch.no_grad():
-        ref_step = wrapper(*step)
-    got_step = _run(session, c, step)
-    assert np.abs(got_step[0] - ref_step[0].numpy()).max() <= 1e-4
-    assert got_step[1].shape[2] == 7
+    # two decode steps on the presents (past > 0)
+    past = [torch.from_numpy(p) for p in got[1:]]
+    for step in range(2):
+        mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
+        args = (torch.randn(rows, 1, cfg.hidden_size), mask, positions_from_mask(mask)[:, -1:], gate, *past,
+                *wrapper.bank_inputs())
+        with torch.no_grad():
+            ref_step = wrapper(*args)
+        got_step = _run(session, c, args)
+        assert np.abs(got_step[0] - ref_step[0].numpy()).max() <= 1e-4
+        assert (got_step[0].argmax(-1) == ref_step[0].numpy().argmax(-1)).all()
+        assert got_step[1].shape[2] == 7 + step
+        past = [torch.from_numpy(p) for p in got_step[1:]]
 
 
 def test_another_expert_bank_changes_ort_exactly_as_pytorch(exported):
     _, wrapper, c, session = exported
+    if wrapper.bake_experts:
+        pytest.skip("the baked graph has no bank input")
     args = sample_inputs(wrapper)
-    n = 4 + len(c.past_names)
+    n = len(args) - len(wrapper.bank_inputs())
     other = args[:n] + tuple(b * 1.5 + 0.01 for b in args[n:])
     with torch.no_grad():
         ref, ref_other = wrapper(*args)[0], wrapper(*other)[0]
@@ -69,3 +83,22 @@ def test_another_expert_bank_changes_ort_exactly_as_pytorch(exported):
     assert (ref_other - ref).abs().max() > 1e-3  # the bank matters
     assert np.abs(got_other - ref_other.numpy()).max() <= 1e-4
     assert np.abs(got - ref.numpy()).max() <= 1e-4
+
+
+def test_fp16_graph_keeps_softmax_norm_and_logits_in_fp32(tiny_llama_dir, tmp_path):
+    import onnx
+
+    model = make_tiny_ilora(tiny_llama_dir)
+    model.llm.half()
+    export_decoder(model, tmp_path / "decoder.onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "decoder.onnx"))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert types["inputs_embeds"] == fp16 and types["past_key_values.0.key"] == fp16 and types["logits"] == fp32
+    softmax_in = [types[n.input[0]] for n in graph.node if n.op_type == "Softmax"]
+    assert softmax_in and set(softmax_in) == {fp32}  # attention probabilities in fp32
+    # RMSNorm: the mean of squares runs in fp32 (one per norm: 2 per layer + the final one)
+    reduce_in = [types[n.input[0]] for n in graph.node if n.op_type == "ReduceMean"]
+    assert len(reduce_in) == 2 * model.llm.config.num_hidden_layers + 1 and set(reduce_in) == {fp32}
+    matmul_out = [types[n.output[0]] for n in graph.node if n.op_type == "MatMul"]
+    assert fp16 in matmul_out  # the projections do run in fp16

@@ -16,7 +16,9 @@ def test_encoder_graph_matches_pytorch(gate, tiny_llama_dir, tmp_path):
     with torch.no_grad():
         for ln in (model.sasrec.ln_1, model.sasrec.ln_2, model.sasrec.ln_3):
             ln.weight.uniform_(0.5, 1.5), ln.bias.normal_(0, 0.1)
-    contract = export_encoder(model, tmp_path / "encoder.onnx")
+    from ilora_export.export.decoder import model_shape
+
+    contract = export_encoder(model, tmp_path / "encoder.onnx", model_shape(model))
     session = ort.InferenceSession(str(tmp_path / "encoder.onnx"))
     assert [i.name for i in session.get_inputs()] == list(contract.input_names)
     torch.manual_seed(1)
@@ -25,8 +27,11 @@ def test_encoder_graph_matches_pytorch(gate, tiny_llama_dir, tmp_path):
     len_seq = torch.tensor([4, 10, 10])
     items = torch.randint(0, 50, (3, 30))  # another batch and item count than the trace
     with torch.no_grad():
-        gate_ref, emb_ref = EncoderWrapper(model)(seq, len_seq, items)
-    gate_ort, emb_ort = session.run(None, {"seq": seq.numpy(), "len_seq": len_seq.numpy(), "items": items.numpy()})
-    assert gate_ort.shape == (3, 4) and emb_ort.shape == (3, 30, 64)
+        gate_ref, emb_ref, _ = EncoderWrapper(model)(seq, len_seq, items)
+        direct = model.sasrec.score_candidates(seq, len_seq, items)  # what the SASRec baseline picks from
+    gate_ort, emb_ort, scores_ort = session.run(None, {"seq": seq.numpy(), "len_seq": len_seq.numpy(),
+                                                       "items": items.numpy()})
+    assert gate_ort.shape == (3, 4) and emb_ort.shape == (3, 30, 64) and scores_ort.shape == (3, 30)
     assert np.abs(gate_ort - gate_ref.numpy()).max() <= 1e-5
     assert np.abs(emb_ort - emb_ref.numpy()).max() <= 1e-5
+    assert np.abs(scores_ort - direct.numpy()).max() <= 1e-4

@@ -52,13 +52,14 @@ def fail(tmp_path: Path, text: str, overrides=()) -> list[str]:
 
 
 def test_recipes_folder_is_not_empty():
-    assert {p.name for p in RECIPES} >= {"lastfm-smollm2.yaml", "ml100k-smollm2.yaml", "lastfm-llama2-7b.yaml"}
+    assert {p.name for p in RECIPES} >= {"lastfm-smollm2.yaml", "ml100k-smollm2.yaml", "lastfm-llama2-7b.yaml",
+                                         "quickstart.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_and_names_its_command(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first == f"# ilora-export finetune recipes/{path.name}"
+    assert first in (f"# ilora-export finetune recipes/{path.name}", f"# ilora-export quickstart recipes/{path.name}")
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     assert recipe.output_dir == f"runs/{path.stem}"

@@ -4,9 +4,15 @@ import torch
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
-from ilora_export.model.generate import StopRule, greedy_generate
+from ilora_export.model.generate import StopRule
 from ilora_export.model.prompting import PromptEncoder
+from ilora_export.runtime.generator import greedy_generate
+from ilora_export.runtime.torch_backend import TorchBackend
 from tests.factories import make_tiny_ilora
+
+
+def _generate(model, batch, stop, max_new_tokens):
+    return greedy_generate(TorchBackend(model), batch, stop, model.token_ids, max_new_tokens).tokens
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +31,15 @@ def test_batched_answers_equal_batch_of_one(setup):
     model, enc, examples, stop = setup
     lengths = {len(e.input_ids) for e in examples}
     assert len(lengths) > 1, "the batch must actually need left padding"
-    single = [greedy_generate(model, enc.collate([e]), stop, max_new_tokens=12)[0] for e in examples]
-    batched = greedy_generate(model, enc.collate(examples), stop, max_new_tokens=12)
+    single = [_generate(model, enc.collate([e]), stop, 12)[0] for e in examples]
+    batched = _generate(model, enc.collate(examples), stop, 12)
     assert batched == single
 
 
 def test_kv_cache_decode_equals_full_recompute(setup):
     model, enc, examples, stop = setup
     batch = enc.collate(examples[:2])
-    generated = greedy_generate(model, batch, stop, max_new_tokens=6)
+    generated = _generate(model, batch, stop, 6)
     # recompute each step without a cache: feed prompt + generated tokens, take argmax of the last position
     for b in range(2):
         row = enc.collate([examples[b]])

@@ -1,0 +1,151 @@
+"""Declared contracts of the exported graphs: tensor names, dtypes, axes and the validation tolerance.
+
+A contract is plain data (no torch, no onnx): it is written into ``manifest.json``, read back by every
+runtime, and checked against a loaded session before anything runs, so a graph that does not match
+what the runtime will feed fails with an :class:`ExportError` naming the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ilora_export.errors import ExportError
+
+# Absolute tolerance on logits when an exported graph is compared with PyTorch fp32 on the same inputs.
+# fp32: both sides compute the same fp32 arithmetic in a different order. fp16 graphs are judged by the
+# greedy-answer agreement that `verify` reports; their logits bound only catches a broken graph.
+LOGITS_ATOL = {"float32": 1e-3, "float16": 0.5}
+EMBEDS_ATOL = {"float32": 1e-4, "float16": 1e-2}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. ``axes`` holds an int for a fixed size, a name for a dynamic one."""
+
+    name: str
+    dtype: str  # numpy name: float32, float16, int64
+    axes: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "axes": list(self.axes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["axes"]))
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tolerance: dict = field(default_factory=dict)  # output name -> absolute tolerance vs PyTorch fp32
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs], "tolerance": dict(self.tolerance)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphContract:
+        return cls(d["file"], tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]), dict(d.get("tolerance", {})))
+
+    def check_session(self, session) -> None:
+        """Raise ExportError unless an onnxruntime session's inputs/outputs match this contract."""
+        for kind, declared, actual in (("input", self.inputs, session.get_inputs()),
+                                       ("output", self.outputs, session.get_outputs())):
+            found = {a.name: a for a in actual}
+            if [a.name for a in actual] != [t.name for t in declared]:
+                missing = [t.name for t in declared if t.name not in found]
+                extra = [n for n in found if n not in {t.name for t in declared}]
+                raise ExportError(f"{self.file}: graph {kind}s differ from the manifest's contract "
+                                  f"(missing {missing[:3]}, unexpected {extra[:3]})",
+                                  "the graph and manifest.json come from different exports; export again")
+            for t in declared:
+                a = found[t.name]
+                if a.type != f"tensor({_ort_type(t.dtype)})":
+                    raise ExportError(f"{self.file}: {kind} {t.name} is {a.type}, the contract says {t.dtype}",
+                                      "export again")
+                fixed = [(i, n, s) for i, (n, s) in enumerate(zip(t.axes, a.shape))
+                         if isinstance(n, int) and isinstance(s, int) and n != s]
+                if len(a.shape) != len(t.axes) or fixed:
+                    raise ExportError(f"{self.file}: {kind} {t.name} has shape {a.shape}, the contract "
+                                      f"says {list(t.axes)}", "export again")
+
+
+def _ort_type(dtype: str) -> str:
+    return {"float32": "float", "float16": "float16", "int64": "int64"}[dtype]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a contract is built from (read from the model, stored in the manifest)."""
+
+    hidden_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    num_experts: int
+    bank_shapes: dict  # "lora_A.q_proj" -> [L, r, in] / "lora_B.q_proj" -> [L, out, r]
+
+    def to_dict(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelShape:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+DECODER_FILE = "decoder.onnx"
+ENCODER_FILE = "encoder.onnx"
+
+
+def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def decoder_contract(shape: ModelShape, dtype: str, *, bake_experts: bool) -> GraphContract:
+    """inputs_embeds [B,S,H], attention_mask [B,T], position_ids [B,S], gate_weights [B,K], past, bank."""
+    kv = ("batch", shape.num_kv_heads, "past_sequence", shape.head_dim)
+    inputs = [TensorSpec("inputs_embeds", dtype, ("batch", "sequence", shape.hidden_size)),
+              TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
+              TensorSpec("position_ids", "int64", ("batch", "sequence")),
+              TensorSpec("gate_weights", dtype, ("batch", shape.num_experts)),
+              *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers)]]
+    if not bake_experts:
+        inputs += [TensorSpec(f"bank.{k}", dtype, tuple(s)) for k, s in sorted(shape.bank_shapes.items(),
+                                                                              key=lambda kv_: _bank_order(kv_[0]))]
+    present = ("batch", shape.num_kv_heads, "total_sequence", shape.head_dim)
+    outputs = [TensorSpec("logits", "float32", ("batch", 1, shape.vocab_size)),
+               *[TensorSpec(n, dtype, present) for n in past_names(shape.num_layers, "present")]]
+    return GraphContract(DECODER_FILE, tuple(inputs), tuple(outputs), {"logits": LOGITS_ATOL[dtype]})
+
+
+def _bank_order(key: str) -> tuple[str, str]:
+    kind, proj = key.split(".", 1)  # the BankLayout order: by projection, then A before B
+    return proj, kind
+
+
+def encoder_contract(shape: ModelShape) -> GraphContract:
+    """seq [B,L], len_seq [B], items [B,N] -> gate_weights [B,K], item_embeds [B,N,H], item_scores [B,N].
+
+    Always fp32: the runtime casts the outputs to the decoder's dtype."""
+    inputs = (TensorSpec("seq", "int64", ("batch", "history")), TensorSpec("len_seq", "int64", ("batch",)),
+              TensorSpec("items", "int64", ("batch", "items")))
+    outputs = (TensorSpec("gate_weights", "float32", ("batch", shape.num_experts)),
+               TensorSpec("item_embeds", "float32", ("batch", "items", shape.hidden_size)),
+               TensorSpec("item_scores", "float32", ("batch", "items")))
+    return GraphContract(ENCODER_FILE, inputs, outputs,
+                         {name: EMBEDS_ATOL["float32"] for name in ("gate_weights", "item_embeds", "item_scores")})

@@ -1,0 +1,124 @@
+"""The onnxruntime backend over an export directory.
+
+The expert bank is turned into OrtValues once and bound to every decoder call; the KV cache stays in
+OrtValues from one step to the next (IO binding), so neither is copied per token. CPU EP by default,
+CUDA EP with ``device="cuda"`` when the installed onnxruntime has it (outputs then stay on the GPU and
+only the logits come back to the host).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ilora_export.errors import ExportError, IloraError
+from ilora_export.export.manifest import BANK, read_bank
+from ilora_export.runtime.backend import Encoded
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise IloraError("onnxruntime is not installed",
+                         'pip install "ilora-export[onnx]" (or onnxruntime-gpu for the CUDA provider)') from None
+    return onnxruntime
+
+
+def session_options(threads: int | None = None):
+    ort = import_onnxruntime()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def providers_for(device: str) -> list[str]:
+    ort = import_onnxruntime()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise IloraError(f"--device {device}: this onnxruntime has no CUDA provider "
+                         f"(available: {', '.join(ort.get_available_providers())})",
+                         "pip install onnxruntime-gpu (instead of onnxruntime), or use --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu"):
+    """An InferenceSession whose inputs/outputs are checked against ``contract``."""
+    ort = import_onnxruntime()
+    try:
+        session = ort.InferenceSession(str(file), sess_options=session_options(threads),
+                                       providers=providers_for(device))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+            ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise ExportError(f"{file}: onnxruntime cannot load the graph ({first})",
+                          "the graph or its external-data file is missing or corrupt; export again") from None
+    contract.check_session(session)
+    return session
+
+
+class OrtBackend:
+    """Encoder and decoder sessions of a loaded export; ``bank`` swaps in another expert bank file."""
+
+    name = "ort"
+
+    def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None):
+        ort = import_onnxruntime()
+        info = export.info
+        self.info = info
+        self.dtype = np.dtype(info.dtype)
+        self.embeddings = export.embeddings  # [V, H]
+        self.device = device
+        self.ort_device = "cuda" if device == "cuda" else "cpu"
+        self.encoder = open_session(info.path / info.encoder.file, info.encoder, threads=threads, device=device)
+        self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device)
+        self.contract = info.decoder
+        self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
+        self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)
+        self.bank: dict[str, object] = {}
+        if not info.bake_experts:
+            tensors = read_bank(Path(bank) if bank else info.path / BANK, info)
+            self.bank = {f"bank.{k}": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.ort_device)
+                         for k, v in tensors.items()}
+        elif bank is not None:
+            raise ExportError(f"{info.path}: the expert bank is baked into this export; --bank does not apply",
+                              "export without --bake-experts to swap expert banks")
+
+    def encode(self, seq, len_seq, items) -> Encoded:
+        gate, embeds, scores = self.encoder.run(None, {"seq": seq.astype(np.int64),
+                                                       "len_seq": len_seq.astype(np.int64),
+                                                       "items": items.astype(np.int64)})
+        return Encoded(gate, embeds, scores)
+
+    def embed(self, token_ids) -> np.ndarray:
+        return self.embeddings[token_ids]  # [B, S, H]
+
+    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
+        ort = import_onnxruntime()
+        rows = embeds.shape[0]
+        if state is None:  # prefill: past length 0
+            _, heads, _, head_dim = self.kv_shape
+            empty = np.zeros((rows, heads, 0, head_dim), self.dtype)
+            state = [ort.OrtValue.ortvalue_from_numpy(empty, self.ort_device) for _ in self.past_inputs]
+        binding = self.decoder.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, self.dtype))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        binding.bind_cpu_input("gate_weights", np.ascontiguousarray(gate_weights, self.dtype))
+        for name, value in zip(self.past_inputs, state):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in self.bank.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.contract.output_names[1:]:
+            binding.bind_output(name, self.ort_device)
+        self.decoder.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy()[:, -1, :], outputs[1:]  # [B, V] fp32, presents as OrtValues

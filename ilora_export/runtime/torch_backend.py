@@ -1,0 +1,40 @@
+"""The PyTorch backend: the reference every exported backend is compared with."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ilora_export.runtime.backend import Encoded
+
+
+class TorchBackend:
+    """Runs an :class:`~ilora_export.model.ilora.ILoRAModel` eagerly; the state is its Cache object."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.torch_dtype = model.llm.get_input_embeddings().weight.dtype
+        self.dtype = np.dtype(str(self.torch_dtype).removeprefix("torch."))
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, seq, len_seq, items) -> Encoded:
+        out = self.model.encode(self._t(seq), self._t(len_seq), self._t(items))
+        return Encoded(*(t.cpu().numpy() for t in out))
+
+    @torch.no_grad()
+    def embed(self, token_ids) -> np.ndarray:
+        return self.model.llm.get_input_embeddings()(self._t(token_ids)).cpu().numpy()  # [B, S, H]
+
+    @torch.no_grad()
+    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
+        with self.model.expert_gate.use(self._t(gate_weights)):
+            out = self.model.llm(inputs_embeds=self._t(embeds), attention_mask=self._t(attention_mask),
+                                 position_ids=self._t(position_ids), cache=state, use_cache=True,
+                                 logits_to_keep=1)
+        return out.logits[:, -1, :].float().cpu().numpy(), out.past_key_values  # [B, V]
