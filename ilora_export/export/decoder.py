@@ -16,6 +16,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ilora_export.export.attention import traced_attention
+from ilora_export.export.quiet import quiet_exporter
 from ilora_export.export.contract import (
     GraphContract,
     ModelShape,
@@ -120,7 +121,7 @@ def export_decoder(model, path, *, bake_experts: bool = False, external_data: bo
     n_past, n_bank = 2 * wrapper.num_layers, len(wrapper.bank_inputs())
     dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, {0: batch},
                tuple([{0: batch, 2: past}] * n_past + [None] * n_bank))
-    with torch.no_grad(), traced_attention(model.llm):
+    with torch.no_grad(), traced_attention(model.llm), quiet_exporter():
         program = torch.onnx.export(wrapper, sample_inputs(wrapper), dynamo=True, input_names=c.input_names,
                                     output_names=c.output_names, dynamic_shapes=dynamic, verbose=False)
         program.save(str(path), external_data=external_data)

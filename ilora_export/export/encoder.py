@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ilora_export.export.contract import GraphContract, encoder_contract
+from ilora_export.export.quiet import quiet_exporter
 
 
 class EncoderWrapper(nn.Module):
@@ -32,7 +33,7 @@ def export_encoder(model, path, shape) -> GraphContract:
     batch, items = torch.export.Dim("batch"), torch.export.Dim("items")
     sample = (torch.randint(0, model.sasrec.item_num, (2, state)), torch.tensor([3, state]),
               torch.randint(0, model.sasrec.item_num, (2, 7)))
-    with torch.no_grad():
+    with torch.no_grad(), quiet_exporter():
         torch.onnx.export(wrapper, sample, str(path), dynamo=True, input_names=contract.input_names,
                           output_names=contract.output_names,
                           dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: items}), verbose=False)
