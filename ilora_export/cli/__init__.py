@@ -23,6 +23,7 @@ COMMANDS = {
     "onnx": "export:export_onnx",
     "verify": "verify:verify",
     "quickstart": "quickstart:quickstart",
+    "import-official": "import_official:import_official",
 }
 
 
