@@ -76,3 +76,15 @@ def tiny_run(tmp_path_factory, tiny_llama_dir, toy_data_dir):
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     return finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, out), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_llama_dir, toy_data_dir):
+    """(checkpoint, fp32 export folder) of the random-bank tiny model."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
+    from ilora_export.export.package import export_checkpoint
+    from tests.factories import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    ckpt = make_tiny_checkpoint(tiny_llama_dir, toy_data_dir, root / "ckpt")
+    return ckpt, export_checkpoint(ckpt, root / "onnx")

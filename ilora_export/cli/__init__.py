@@ -24,6 +24,7 @@ COMMANDS = {
     "verify": "verify:verify",
     "quickstart": "quickstart:quickstart",
     "import-official": "import_official:import_official",
+    "trt": "trt:trt",
 }
 
 

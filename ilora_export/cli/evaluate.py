@@ -31,8 +31,9 @@ def format_summary(s: dict) -> str:
 @click.command(name="eval")
 @click.argument("target", type=click.Path(path_type=str))
 @data_options
-@click.option("--backend", type=click.Choice(["torch", "ort"]), default="torch", show_default=True,
-              help="torch: a checkpoint in PyTorch (the reference); ort: an export folder in onnxruntime.")
+@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
+              help="torch: a checkpoint in PyTorch (the reference); ort: an export folder in onnxruntime; "
+                   "trt: an engines folder from `ilora-export trt` (TensorRT, CUDA).")
 @device_option
 @batch_size_option
 @limit_option

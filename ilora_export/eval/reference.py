@@ -101,7 +101,7 @@ def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) ->
     return output_dir
 
 
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "trt")
 
 
 def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
@@ -130,6 +130,19 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
                              f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
         export = load_export(target)
         return OrtBackend(export, device=device, threads=threads, bank=bank), export.assets
+    if backend == "trt":
+        import json
+
+        from ilora_export.export.load import load_export
+        from ilora_export.runtime.trt_backend import TrtBackend
+        from ilora_export.trt.build import ENGINES_INDEX
+
+        index_file = Path(target) / ENGINES_INDEX
+        if not index_file.is_file():
+            raise IloraError(f"{target}: no {ENGINES_INDEX}; not an engines folder",
+                             "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
+        export = load_export(json.loads(index_file.read_text(encoding="utf-8"))["export"])
+        return TrtBackend(target, export), export.assets
     raise IloraError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
 
 

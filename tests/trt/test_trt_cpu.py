@@ -1,0 +1,121 @@
+"""Everything around the TensorRT engine build that runs without TensorRT or a GPU."""
+
+import json
+import subprocess
+
+import pytest
+
+from ilora_export.export.manifest import read_manifest
+from ilora_export.trt.binding import BindingPlan
+from ilora_export.trt.build import SCRIPT, build_engines, engine_profiles
+from ilora_export.trt.engine import EngineError, check_metadata
+from ilora_export.trt.profiles import Limits
+from ilora_export.trt.script import parse_shapes
+from tests.factories import cli_exit_code
+
+LIMITS = Limits(max_batch=4, max_prompt=300, max_new_tokens=16, num_candidates=20)
+
+
+def _trt_available():
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_profiles_follow_manifest_and_limits(tiny_export):
+    info = read_manifest(tiny_export[1])
+    p = engine_profiles(info, LIMITS)
+    prefill, decode = p["decoder"]["prefill"], p["decoder"]["decode"]
+    assert list(p["decoder"]) == ["prefill", "decode"]  # profile 0 prefill, 1 decode
+    assert prefill["inputs_embeds"] == ((1, 1, 64), (2, 150, 64), (4, 300, 64))
+    assert prefill["past_key_values.0.key"] == ((1, 2, 0, 16), (2, 2, 0, 16), (4, 2, 0, 16))  # past 0
+    assert prefill["attention_mask"][2] == (4, 300)
+    assert decode["inputs_embeds"][0][1] == decode["inputs_embeds"][2][1] == 1  # one token
+    assert decode["past_key_values.1.value"][2] == (4, 2, 315, 16)  # prompt + new tokens - 1
+    assert decode["attention_mask"][2] == (4, 316)
+    for profile in (prefill, decode):  # the expert bank is fixed: min = opt = max = its stacked shape
+        assert profile["bank.lora_A.q_proj"] == ((2, 8, 64),) * 3
+        assert set(profile) == set(info.decoder.input_names)
+    enc = p["encoder"]["encoder"]
+    assert enc["seq"][2] == (4, 10) and enc["items"][1] == (2, 30)
+
+
+def test_emitted_trtexec_script_has_the_same_profiles(tiny_export, tmp_path):
+    info = read_manifest(tiny_export[1])
+    out = build_engines(tiny_export[1], tmp_path / "eng", limits=LIMITS, emit_script=True, log=lambda m: None)
+    script = (out / SCRIPT).read_text()
+    subprocess.run(["bash", "-n", str(out / SCRIPT)], check=True)  # valid bash
+    blocks = [b for b in script.split("\n\n") if "trtexec" in b]
+    assert len(blocks) == 2
+    for block, graph in zip(blocks, ("encoder", "decoder")):
+        args = [a.strip().strip("'") for a in block.replace("\\\n", " ").split() if a.startswith(("--", "'--"))]
+        assert "--stronglyTyped" in args and f"--saveEngine={graph}.plan" in args
+        assert "--timingCacheFile=timing.cache" in args
+        expected = list(engine_profiles(info, LIMITS)[graph].values())
+        assert parse_shapes(args) == [{n: s for n, s in p.items()} for p in expected]
+    index = json.loads((out / "engines.json").read_text())
+    assert index["limits"]["max_prompt"] == 300 and index["dtype"] == "float32"
+
+
+def test_binding_plan_ping_pongs_a_preallocated_cache(tiny_export):
+    plan = BindingPlan(read_manifest(tiny_export[1]), LIMITS)
+    sizes = plan.buffers()
+    assert set(sizes) == {f"{n}#{i}" for n in plan.past_names for i in (0, 1)} | {"logits"}
+    assert sizes["past_key_values.0.key#0"] == 4 * 2 * 316 * 16
+    steps = [plan.step(0, 3, 280, 0)] + [plan.step(i, 3, 1, 279 + i) for i in range(1, 17)]
+    assert steps[0].profile == 0 and all(s.profile == 1 for s in steps[1:])
+    for prev, cur in zip(steps, steps[1:]):
+        assert cur.read == prev.write and cur.write != cur.read  # the present becomes the next past, no copy
+        assert cur.past_elems == prev.present_elems
+    assert all(s.present_elems <= sizes["past_key_values.0.key#0"] for s in steps)
+    assert steps[-1].input_shapes["attention_mask"] == (3, 296)
+    assert steps[0].input_shapes["bank.lora_B.v_proj"] == (2, 32, 8)  # bound once, same every step
+    with pytest.raises(EngineError, match="--max-prompt"):
+        plan.step(0, 1, 301, 0)
+    with pytest.raises(EngineError, match="--max-batch"):
+        plan.step(1, 5, 1, 10)
+    with pytest.raises(EngineError, match="--max-new-tokens"):
+        plan.step(20, 1, 1, 316)
+
+
+def test_engine_built_elsewhere_is_refused():
+    meta = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA Jetson Orin", "compute_capability": "8.7"}
+    check_metadata(meta, trt_version="10.3.0", gpu="NVIDIA Jetson Orin", compute_capability="8.7", plan="e.plan")
+    with pytest.raises(EngineError, match="built with TensorRT 10.3.0, this is 11.0.0"):
+        check_metadata(meta, trt_version="11.0.0", gpu="NVIDIA Jetson Orin", compute_capability="8.7", plan="e.plan")
+    with pytest.raises(EngineError, match="built for NVIDIA Jetson Orin .*this is NVIDIA H100"):
+        check_metadata(meta, trt_version="10.3.0", gpu="NVIDIA H100", compute_capability="9.0", plan="e.plan")
+
+
+def test_fp16_needs_the_fp16_export(tiny_export, tmp_path, capsys):
+    assert cli_exit_code(["trt", str(tiny_export[1]), "--fp16", "--emit-script", "-o", str(tmp_path)]) == 1
+    assert "--dtype fp16" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(_trt_available(), reason="TensorRT is installed here")
+def test_without_tensorrt_the_command_says_what_is_missing(tiny_export, toy_data_dir, tmp_path, capsys):
+    assert cli_exit_code(["trt", str(tiny_export[1]), "-o", str(tmp_path / "eng")]) == 1
+    err = capsys.readouterr().err
+    assert "TensorRT is not importable" in err and "--emit-script" in err and "Traceback" not in err
+    assert cli_exit_code(["trt", str(tiny_export[1]), "--emit-script", "-o", str(tmp_path / "eng")]) == 0
+    assert (tmp_path / "eng" / SCRIPT).is_file()
+    capsys.readouterr()
+    assert cli_exit_code(["eval", str(tmp_path / "eng"), "--backend", "trt", "--data", str(toy_data_dir)]) == 1
+    assert "TensorRT is not importable" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_trt_backend_answers_as_ort(tiny_export, toy_data_dir, tmp_path):
+    if not _trt_available():
+        pytest.skip("TensorRT is not importable (see docs/tensorrt.md)")
+    from ilora_export.data.evalset import build_eval_set
+    from ilora_export.data.llara import load_dataset
+    from ilora_export.eval.reference import evaluate_backend, open_backend
+
+    eng = build_engines(tiny_export[1], tmp_path / "eng", limits=LIMITS, log=lambda m: None)
+    evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
+    ref = evaluate_backend(*open_backend(tiny_export[1], "ort"), evalset, progress=False)
+    got = evaluate_backend(*open_backend(eng, "trt"), evalset, progress=False)
+    assert [r["answer"] for r in got.records] == [r["answer"] for r in ref.records]
