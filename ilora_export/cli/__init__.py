@@ -25,6 +25,7 @@ COMMANDS = {
     "quickstart": "quickstart:quickstart",
     "import-official": "import_official:import_official",
     "trt": "trt:trt",
+    "bench": "bench:bench",
 }
 
 

@@ -11,6 +11,8 @@ softmax (``export.attention``).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import DynamicCache
@@ -23,7 +25,7 @@ from ilora_export.export.contract import (
     decoder_contract,
     past_names,
 )
-from ilora_export.model.moe_lora import BankLayout
+from ilora_export.model.moe_lora import BankLayout, adapters_disabled
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -112,8 +114,14 @@ def sample_inputs(wrapper: DecoderWrapper, batch: int = 2, seq: int = 5, past: i
             *wrapper.bank_inputs())
 
 
-def export_decoder(model, path, *, bake_experts: bool = False, external_data: bool = True) -> GraphContract:
-    """Export ``model`` (an ILoRAModel, in the graph's dtype) as the decoder ONNX graph at ``path``."""
+def export_decoder(model, path, *, bake_experts: bool = False, external_data: bool = True,
+                   plain: bool = False) -> GraphContract:
+    """Export ``model`` (an ILoRAModel, in the graph's dtype) as the decoder ONNX graph at ``path``.
+
+    ``plain`` exports the base LLM alone (adapters disabled, bank baked away, the gate input unused):
+    the same interface, to measure what the expert bank costs.
+    """
+    bake_experts = bake_experts or plain
     wrapper = DecoderWrapper(model, bake_experts=bake_experts).eval()
     c = wrapper.contract
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -121,7 +129,8 @@ def export_decoder(model, path, *, bake_experts: bool = False, external_data: bo
     n_past, n_bank = 2 * wrapper.num_layers, len(wrapper.bank_inputs())
     dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, {0: batch},
                tuple([{0: batch, 2: past}] * n_past + [None] * n_bank))
-    with torch.no_grad(), traced_attention(model.llm), quiet_exporter():
+    plain_ctx = adapters_disabled(model.llm) if plain else contextlib.nullcontext()
+    with torch.no_grad(), traced_attention(model.llm), quiet_exporter(), plain_ctx:
         program = torch.onnx.export(wrapper, sample_inputs(wrapper), dynamo=True, input_names=c.input_names,
                                     output_names=c.output_names, dynamic_shapes=dynamic, verbose=False)
         program.save(str(path), external_data=external_data)

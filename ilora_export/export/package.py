@@ -73,14 +73,17 @@ def _versions() -> dict:
 
 
 def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: bool = False,
-                      base_model: str | None = None, validate: bool = True,
+                      base_model: str | None = None, validate: bool = True, plain: bool = False,
                       log: Callable[[str], None] | None = None) -> Path:
     """Export ``checkpoint`` to ``output``: encoder + decoder graphs, bank, embeddings, manifest.
 
     The folder is written atomically: it appears complete (manifest last, with every file's sha256)
     or not at all. With ``validate`` the graphs are run in onnxruntime against PyTorch on real prompts
-    first, and a disagreement beyond the contract's tolerance raises ValidationError.
+    first, and a disagreement beyond the contract's tolerance raises ValidationError. ``plain`` exports
+    the base LLM without the adapter behind the same interface (a benchmark baseline, not a model to
+    deploy).
     """
+    bake_experts = bake_experts or plain
     from safetensors.numpy import save_file
 
     from ilora_export.checkpoint import load_checkpoint
@@ -112,7 +115,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
             graph_model.llm.half()
         t = time.perf_counter()
         say("exporting the decoder (the longest step: about 2 minutes for a 135M model on 2 cores)")
-        contract = export_decoder(graph_model, tmp / DECODER_FILE, bake_experts=bake_experts)
+        contract = export_decoder(graph_model, tmp / DECODER_FILE, bake_experts=bake_experts, plain=plain)
         say(f"decoder graph written ({time.perf_counter() - t:.0f} s)")
 
         if not bake_experts:
@@ -135,7 +138,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
         cfg = loaded.info.config
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "dtype": dtype_name, "bake_experts": bake_experts,
+            "dtype": dtype_name, "bake_experts": bake_experts, "adapters": not plain,
             "graphs": {"encoder": encoder_contract(shape).to_dict(), "decoder": contract.to_dict()},
             "model": shape.to_dict() | {"item_num": model.sasrec.item_num, "state_size": model.sasrec.state_size},
             "adapter": {k: cfg["adapter"][k] for k in ("r", "alpha", "num_experts", "target_modules", "gate")}
@@ -184,7 +187,8 @@ def validate_export(export_dir, model, *, threads: int | None = None) -> dict:
     info = export.info
     tolerance = dict(info.decoder.tolerance) | {k: EMBEDS_ATOL["float32"] for k in
                                                 ("gate_weights", "item_embeds", "item_scores")}
-    return compare_backends(TorchBackend(model), OrtBackend(export, threads=threads), export.assets,
+    reference = TorchBackend(model, adapters=info.manifest.get("adapters", True))
+    return compare_backends(reference, OrtBackend(export, threads=threads), export.assets,
                             info.manifest["model"]["state_size"], tolerance=tolerance,
                             strict_argmax=info.dtype == "float32")
 

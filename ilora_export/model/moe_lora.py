@@ -66,6 +66,7 @@ class MoELoraLinear(nn.Module):
         self.lora_B = nn.ModuleDict({adapter_name: nn.Linear(r, base_layer.out_features, bias=False,
                                                              device=dev, dtype=dtype)})
         self.lora_dropout = nn.ModuleDict({adapter_name: nn.Dropout(dropout) if dropout > 0 else nn.Identity()})
+        self.disabled = False  # see adapters_disabled()
         self.reset_lora_parameters()
 
     @property
@@ -83,6 +84,8 @@ class MoELoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, S, in]
         result = self.base_layer(x)  # [B, S, out]
+        if self.disabled:
+            return result
         g = self.gate.weights  # [B, K]
         if g is None:
             raise RuntimeError("MoE-LoRA layer called outside `ExpertGate.use(...)`: no gate weights set")
@@ -116,6 +119,19 @@ def inject_moe_lora(model: nn.Module, target_modules: list[str] | tuple[str, ...
     if missing:
         raise ValueError(f"target modules not found as nn.Linear in the model: {sorted(missing)}")
     return wrapped
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Within the block every MoE-LoRA layer of ``model`` is its base layer alone (the plain model)."""
+    layers = list(moe_lora_layers(model).values())
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def moe_lora_layers(model: nn.Module) -> dict[str, MoELoraLinear]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
+from ilora_export.model.moe_lora import adapters_disabled
 from ilora_export.runtime.backend import Encoded
 
 
@@ -13,8 +16,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device: str = "cpu"):
+    def __init__(self, model, device: str = "cpu", *, adapters: bool = True):
         self.model = model.to(device).eval()
+        self.adapters = adapters  # False: the base LLM alone (the plain-model baseline)
         self.device = torch.device(device)
         self.torch_dtype = model.llm.get_input_embeddings().weight.dtype
         self.dtype = np.dtype(str(self.torch_dtype).removeprefix("torch."))
@@ -33,7 +37,8 @@ class TorchBackend:
 
     @torch.no_grad()
     def step(self, embeds, attention_mask, position_ids, gate_weights, state):
-        with self.model.expert_gate.use(self._t(gate_weights)):
+        plain = contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.llm)
+        with self.model.expert_gate.use(self._t(gate_weights)), plain:
             out = self.model.llm(inputs_embeds=self._t(embeds), attention_mask=self._t(attention_mask),
                                  position_ids=self._t(position_ids), cache=state, use_cache=True,
                                  logits_to_keep=1)

@@ -1,0 +1,1 @@
+"""Side-by-side CPU benchmarks of the deployed model (``ilora-export bench``)."""

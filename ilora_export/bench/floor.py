@@ -1,0 +1,60 @@
+"""The hardware floor: measured memory bandwidth and GEMM rate of this machine, and what they allow.
+
+Decode at batch 1 must read every weight once per token (plus the KV cache), so
+``bytes per token / bandwidth`` bounds its latency from below; prefill must do ``2 x parameters x
+tokens`` FLOPs (plus attention), so ``FLOPs / peak GEMM rate`` bounds it.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+
+def measure_bandwidth_gbs(threads: int, mib: int = 512, repeats: int = 5) -> float:
+    """Best read bandwidth (GB/s) of a multithreaded reduction over a buffer far larger than the caches."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 1024 * 1024 // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def measure_gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 matrix-multiply rate (GFLOP/s) at n x n."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def decoder_floor(shape: dict, weight_bytes: int, past: int, bandwidth_gbs: float, gemm_gflops: float,
+                  prompt_lengths: list[int], bytes_per_value: int = 4) -> dict:
+    """Lower bounds (ms) for decode at batch 1 with ``past`` cached tokens and for each prefill length."""
+    layers, kv, d = shape["num_layers"], shape["num_kv_heads"], shape["head_dim"]
+    kv_bytes = 2 * layers * kv * past * d * bytes_per_value
+    decode_bytes = weight_bytes + kv_bytes
+    params = weight_bytes / bytes_per_value
+    embed = shape["vocab_size"] * shape["hidden_size"]
+    out = {"decode_bytes_per_token": decode_bytes,
+           "decode_ms_floor": decode_bytes / (bandwidth_gbs * 1e9) * 1e3, "prefill_ms_floor": {}}
+    for n in prompt_lengths:
+        # every non-embedding weight multiplies every token; the LM head only the last one; attention ~4 L n^2 H
+        flops = 2 * (params - embed) * n + 2 * embed + 4 * layers * n * n * shape["hidden_size"]
+        out["prefill_ms_floor"][str(n)] = flops / (gemm_gflops * 1e9) * 1e3
+    return out
+
+
+

@@ -1,0 +1,209 @@
+"""``run_bench``: every row measured in its own process, one after the other, on the same machine.
+
+Rows: PyTorch eager (the reference: the checkpoint through the HF forward with its DynamicCache),
+ORT with the expert bank as inputs (the default export), ORT with the bank baked, ORT running the
+plain base model behind the same interface (what the expert bank costs). Results: JSON, a Markdown
+table and, with matplotlib installed, a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ilora_export.errors import IloraError
+from ilora_export.fileio import atomic_path, sha256_file
+
+ROWS = ("torch", "ort", "ort-baked", "ort-plain")
+LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank as inputs (default)",
+          "ort-baked": "ORT, bank baked", "ort-plain": "ORT, plain base model (no adapter)"}
+
+
+def _variant(export_info, kind: str, cache: Path, log) -> Path:
+    """The baked or plain export of the same checkpoint, built once and reused while the source matches."""
+    from ilora_export.export.manifest import read_manifest
+    from ilora_export.export.package import export_checkpoint
+
+    src = export_info.manifest["source"]
+    out = cache / kind
+    try:
+        if read_manifest(out, verify_files=False).manifest["source"]["checkpoint_sha256"] == src["checkpoint_sha256"]:
+            return out
+    except IloraError:
+        pass
+    ckpt = Path(src["checkpoint"])
+    if not ckpt.is_dir():
+        raise IloraError(f"{kind} row: the export's source checkpoint {ckpt} is not here",
+                         "pass --checkpoint, or leave that row out with --rows")
+    log(f"exporting the {kind} variant of {ckpt} (once; cached in {out})")
+    export_checkpoint(ckpt, out, dtype=export_info.dtype.replace("float", "fp"), bake_experts=kind == "baked",
+                      plain=kind == "plain", log=lambda m: log(f"  {m}"))
+    return out
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
+        info["memory_gb"] = round(int(mem[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return info
+
+
+def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, rows=ROWS, threads: int | None = None,
+              repeats: int = 3, eval_repeats: int = 1, limit: int | None = None, prompt_lengths=(64, 128, 256, 512),
+              decode_past: int = 280, decode_steps: int = 32, batch_sizes=(1, 8), output="benchmarks/results",
+              log: Callable[[str], None] = print) -> dict:
+    """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
+    from ilora_export.bench.floor import decoder_floor, measure_bandwidth_gbs, measure_gemm_gflops
+    from ilora_export.export.manifest import read_manifest
+
+    info = read_manifest(export_dir)
+    threads = threads or os.cpu_count() or 1
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise IloraError(f"unknown benchmark rows {unknown}", f"choose from {', '.join(ROWS)}")
+    ckpt = Path(checkpoint) if checkpoint else Path(info.manifest["source"]["checkpoint"])
+    cache = output / "exports"
+    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path)}
+    if "ort-baked" in rows:
+        targets["ort-baked"] = ("ort", _variant(info, "baked", cache, log))
+    if "ort-plain" in rows:
+        targets["ort-plain"] = ("ort", _variant(info, "plain", cache, log))
+
+    base = {"data": str(data_dir), "split": split, "limit": limit, "threads": threads, "repeats": repeats,
+            "eval_repeats": eval_repeats, "prompt_lengths": list(prompt_lengths), "decode_past": decode_past,
+            "decode_steps": decode_steps, "eval_batch_sizes": list(batch_sizes),
+            "num_experts": info.shape.num_experts}
+    results: dict[str, dict] = {}
+    for row in rows:
+        backend, target = targets[row]
+        log(f"[{row}] {LABELS[row]}")
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+            spec_file.write_text(json.dumps(base | {"backend": backend, "target": str(target)}))
+            env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
+                                  env=env, check=False, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise IloraError(f"benchmark row {row} failed: {proc.stderr.strip().splitlines()[-1:]}",
+                                 "run `python -m ilora_export.bench.worker` by hand to see the whole error")
+            results[row] = json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
+        log(f"  decode {results[row]['decode_ms_per_token']['median']:.1f} ms/token, eval "
+            + ", ".join(f"batch {b}: {results[row]['eval'][str(b)]['rows_per_s']:.2f} rows/s" for b in batch_sizes))
+
+    bandwidth, gemm = measure_bandwidth_gbs(threads), measure_gemm_gflops(threads)
+    weight_bytes = (info.path / "decoder.onnx.data").stat().st_size
+    floor = decoder_floor(info.shape.to_dict(), weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths),
+                          bytes_per_value=2 if info.dtype == "float16" else 4)
+    report = {"machine": machine() | {"threads": threads, "read_bandwidth_gbs": bandwidth, "gemm_gflops": gemm},
+              "export": str(info.path), "manifest_sha256": sha256_file(info.path / "manifest.json"),
+              "versions": info.manifest["versions"], "settings": base, "rows": results, "floor": floor,
+              "ratios": _ratios(results, batch_sizes, floor)}
+    with atomic_path(output / "bench.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(output / "bench.md") as tmp:
+        tmp.write_text(markdown(report), encoding="utf-8")
+    plot(report, output / "bench.png", log)
+    return report
+
+
+def _ratios(results: dict, batch_sizes, floor: dict) -> dict:
+    out = {}
+    ref = results.get("torch")
+    for row, r in results.items():
+        o = {}
+        for b in batch_sizes:
+            if ref:
+                o[f"eval_speedup_vs_torch_b{b}"] = r["eval"][str(b)]["rows_per_s"] / ref["eval"][str(b)]["rows_per_s"]
+                o[f"answers_identical_to_torch_b{b}"] = sum(
+                    x == y for x, y in zip(r["eval"][str(b)]["answers"], ref["eval"][str(b)]["answers"]))
+        o["decode_vs_floor"] = r["decode_ms_per_token"]["median"] / floor["decode_ms_floor"]
+        if "ort-plain" in results and row.startswith("ort"):
+            plain = results["ort-plain"]
+            o["decode_cost_vs_plain"] = r["decode_ms_per_token"]["median"] / plain["decode_ms_per_token"]["median"] - 1
+            o["eval_cost_vs_plain_b8"] = (plain["eval"][str(batch_sizes[-1])]["rows_per_s"]
+                                          / r["eval"][str(batch_sizes[-1])]["rows_per_s"] - 1)
+        out[row] = o
+    return out
+
+
+def markdown(report: dict) -> str:
+    rows, ratios, floor = report["rows"], report["ratios"], report["floor"]
+    m = report["machine"]
+    s = report["settings"]
+    lengths = s["prompt_lengths"]
+    bs = s["eval_batch_sizes"]
+    lines = [f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores, {m.get('memory_gb', '?')} GB; "
+             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s, fp32 GEMM "
+             f"{m['gemm_gflops']:.0f} GFLOP/s. Medians of {s['repeats']} runs (eval: {s['eval_repeats']}), "
+             f"min-max in brackets; one run, rows one after the other.", ""]
+    head = ["row", *[f"prefill {n} ms" for n in lengths], "decode ms/token", *[f"eval b{b} rows/s" for b in bs],
+            *[f"vs torch b{b}" for b in bs], "identical answers", "peak RSS MB"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, r in rows.items():
+        cells = [LABELS.get(row, row)]
+        cells += [f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
+                  f"{r['prefill_ms'][str(n)]['max']:.0f}]" for n in lengths]
+        d = r["decode_ms_per_token"]
+        cells.append(f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}]")
+        cells += [f"{r['eval'][str(b)]['rows_per_s']:.2f}" for b in bs]
+        cells += [f"{ratios[row].get(f'eval_speedup_vs_torch_b{b}', float('nan')):.2f}x" for b in bs]
+        cells.append("/".join(f"{ratios[row].get(f'answers_identical_to_torch_b{b}', '-')}" for b in bs)
+                     + f" of {r['eval'][str(bs[0])]['rows']}")
+        cells.append(f"{r['peak_rss_mb']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| floor (this machine) | " + " | ".join(f"{floor['prefill_ms_floor'][str(n)]:.0f}" for n in lengths)
+              + f" | {floor['decode_ms_floor']:.1f} |", ""]
+    for row, o in ratios.items():
+        extra = [f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor"]
+        if "decode_cost_vs_plain" in o:
+            extra.append(f"decode {o['decode_cost_vs_plain']:+.1%} vs plain, eval b{bs[-1]} {o['eval_cost_vs_plain_b8']:+.1%}"
+                         " vs plain")
+        lines.append(f"- {LABELS.get(row, row)}: " + "; ".join(extra))
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path, log) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no PNG (pip install 'ilora-export[bench]')")
+        return
+    rows, bs = report["rows"], report["settings"]["eval_batch_sizes"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for row, r in rows.items():
+        lengths = [int(n) for n in r["prefill_ms"]]
+        ax1.plot(lengths, [r["prefill_ms"][str(n)]["median"] for n in lengths], marker="o", label=LABELS.get(row, row))
+    floor = report["floor"]["prefill_ms_floor"]
+    ax1.plot([int(n) for n in floor], list(floor.values()), "k--", label="GEMM floor")
+    ax1.set(xlabel="prompt tokens", ylabel="prefill ms (batch 1)", title="Prefill latency")
+    ax1.legend(fontsize=7)
+    width = 0.8 / len(rows)
+    for i, (row, r) in enumerate(rows.items()):
+        ax2.bar([j + i * width for j in range(len(bs))], [r["eval"][str(b)]["rows_per_s"] for b in bs], width,
+                label=LABELS.get(row, row))
+    ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(bs))], [f"batch {b}" for b in bs])
+    ax2.set(ylabel="rows / s", title="Full evaluation throughput")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""The benchmark suite end to end on the tiny export (structure and agreement, never timings)."""
+
+import json
+
+from ilora_export.bench.floor import decoder_floor
+from ilora_export.bench.suite import run_bench
+
+
+def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data_dir, tmp_path):
+    ckpt, export = tiny_export
+    report = run_bench(export, toy_data_dir, checkpoint=ckpt, threads=1, repeats=2, limit=4,
+                       prompt_lengths=(16, 32), decode_past=20, decode_steps=3, batch_sizes=(1, 2),
+                       output=tmp_path, log=lambda m: None)
+    assert list(report["rows"]) == ["torch", "ort", "ort-baked", "ort-plain"]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["rows"].keys() == report["rows"].keys()
+    for row, r in report["rows"].items():
+        assert set(r["prefill_ms"]) == {"16", "32"} and r["decode_ms_per_token"]["n"] == 2
+        assert r["peak_rss_mb"] > 0 and r["eval"]["2"]["rows"] == 4
+    ratios = report["ratios"]
+    # the deployed variants answer exactly as the reference; the plain model is a different model
+    for row in ("ort", "ort-baked"):
+        assert ratios[row]["answers_identical_to_torch_b1"] == ratios[row]["answers_identical_to_torch_b2"] == 4
+    assert "decode_cost_vs_plain" in ratios["ort"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "ORT, bank as inputs (default)" in md and "floor (this machine)" in md
+    assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
+
+
+def test_floor_arithmetic():
+    shape = {"num_layers": 2, "num_kv_heads": 1, "head_dim": 4, "vocab_size": 10, "hidden_size": 8}
+    f = decoder_floor(shape, weight_bytes=4000, past=5, bandwidth_gbs=1.0, gemm_gflops=1.0, prompt_lengths=[3])
+    assert f["decode_bytes_per_token"] == 4000 + 2 * 2 * 1 * 5 * 4 * 4
+    assert abs(f["decode_ms_floor"] - f["decode_bytes_per_token"] / 1e9 * 1e3) < 1e-12
+    flops = 2 * (1000 - 80) * 3 + 2 * 80 + 4 * 2 * 9 * 8
+    assert abs(f["prefill_ms_floor"]["3"] - flops / 1e9 * 1e3) < 1e-12
