@@ -30,10 +30,20 @@ from ilora_export.model.moe_lora import BankLayout, adapters_disabled
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+def graph_bank(model) -> dict[str, torch.Tensor]:
+    """The expert bank as the graph takes it: ``lora_A.<proj>`` [L, in, r] and ``lora_B.<proj>`` [L, r, out].
+
+    Stored transposed (A^T, B^T) so the graph multiplies by them directly: a layer's slice is a plain
+    MatMul operand, with no per-step Transpose of a graph input.
+    """
+    bank = BankLayout(model.llm).stack(model.llm)  # [L, r, in] / [L, out, r]
+    return {k: v.transpose(-1, -2).contiguous() for k, v in bank.items()}
+
+
 def model_shape(model) -> ModelShape:
-    """Sizes of an ILoRAModel's LLM and expert bank."""
+    """Sizes of an ILoRAModel's LLM and expert bank (in the graph's layout)."""
     cfg = model.llm.config
-    bank = BankLayout(model.llm).stack(model.llm)
+    bank = graph_bank(model)
     return ModelShape(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
                       num_kv_heads=cfg.num_key_value_heads,
                       head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
@@ -78,7 +88,7 @@ class DecoderWrapper(nn.Module):
         """The model's own bank in contract order (empty when baked)."""
         if self.bake_experts:
             return []
-        bank = self.layout.stack(self.model.llm)
+        bank = graph_bank(self.model)
         return [bank[k] for k in self.layout.keys]
 
     def forward(self, inputs_embeds, attention_mask, position_ids, gate_weights, *past_and_bank):
@@ -89,7 +99,9 @@ class DecoderWrapper(nn.Module):
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)  # [B, kv_heads, P, head_dim]
         params = {} if self.bake_experts else self.layout.parameters_from(dict(zip(self.layout.keys, bank)))
-        params = {f"llm.{k}": v for k, v in params.items()}
+        # per-layer slices back to the layers' [r, in] / [out, r]: Transpose(A^T) then linear's own
+        # Transpose cancel in the exported graph
+        params = {f"llm.{k}": v.transpose(-1, -2) for k, v in params.items()}
         with self.model.expert_gate.use(gate_weights):
             logits, cache = torch.func.functional_call(
                 self.step, params, (inputs_embeds, attention_mask, position_ids, cache), strict=False)

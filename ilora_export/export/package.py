@@ -119,9 +119,9 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
         say(f"decoder graph written ({time.perf_counter() - t:.0f} s)")
 
         if not bake_experts:
-            from ilora_export.model.moe_lora import BankLayout
+            from ilora_export.export.decoder import graph_bank
 
-            bank = {k: v.contiguous().numpy() for k, v in BankLayout(graph_model.llm).stack(graph_model.llm).items()}
+            bank = {k: v.numpy() for k, v in graph_bank(graph_model).items()}
             save_file(bank, str(tmp / BANK), metadata=bank_metadata(shape, model.spec.r))
         emb = graph_model.llm.get_input_embeddings().weight.detach().contiguous().numpy()
         save_file({"input_embeddings": emb}, str(tmp / EMBEDDINGS))

@@ -59,7 +59,8 @@ def test_manifest_describes_and_hashes_the_export(exports, ckpt):
             "catalogue.json", "prompts.txt"} <= files
     dec = {t["name"]: t for t in m["graphs"]["decoder"]["inputs"]}
     assert dec["inputs_embeds"]["axes"] == ["batch", "sequence", 64]
-    assert dec["bank.lora_A.q_proj"]["axes"] == [2, 8, 64]  # [L, r, in], no batch axis
+    assert dec["bank.lora_A.q_proj"]["axes"] == [2, 64, 8]  # A^T [L, in, r], no batch axis
+    assert dec["bank.lora_B.q_proj"]["axes"] == [2, 8, 64]  # B^T [L, r, out]
     assert m["validation"]["greedy_token_agreement"] == 1.0
     assert m["validation"]["prefill_logits_max_abs"] <= 1e-4 and m["validation"]["decode_logits_max_abs"] <= 1e-4
     baked = json.loads((exports["baked"] / MANIFEST).read_text())
@@ -91,7 +92,8 @@ def test_swapped_bank_behaves_as_pytorch_with_that_bank(exports, ckpt, tmp_path)
     import torch
 
     with torch.no_grad():
-        for name, t in BankLayout(model.llm).parameters_from({k: torch.from_numpy(v) for k, v in other.items()}).items():
+        as_layers = {k: torch.from_numpy(v).transpose(-1, -2) for k, v in other.items()}  # file holds A^T, B^T
+        for name, t in BankLayout(model.llm).parameters_from(as_layers).items():
             model.llm.get_parameter(name).copy_(t)
     ort_backend, _ = _ort(exports["bank"], bank=tmp_path / "other.safetensors")
     tol = {"logits": 1e-4}
@@ -104,7 +106,7 @@ def test_swapped_bank_behaves_as_pytorch_with_that_bank(exports, ckpt, tmp_path)
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda t: {k: v[:, :4] if k.startswith("lora_A") else v[:, :, :4] for k, v in t.items()}, "wrong rank"),
+    (lambda t: {k: v[:, :, :4] if k.startswith("lora_A") else v[:, :4] for k, v in t.items()}, "wrong rank"),
     (lambda t: {k: v[:1] for k, v in t.items()}, "wrong layer count"),
     (lambda t: {k: v for k, v in t.items() if "q_proj" not in k}, "expert bank holds"),
 ])

@@ -36,7 +36,7 @@ def test_profiles_follow_manifest_and_limits(tiny_export):
     assert decode["past_key_values.1.value"][2] == (4, 2, 315, 16)  # prompt + new tokens - 1
     assert decode["attention_mask"][2] == (4, 316)
     for profile in (prefill, decode):  # the expert bank is fixed: min = opt = max = its stacked shape
-        assert profile["bank.lora_A.q_proj"] == ((2, 8, 64),) * 3
+        assert profile["bank.lora_A.q_proj"] == ((2, 64, 8),) * 3  # A^T: [L, in, r]
         assert set(profile) == set(info.decoder.input_names)
     enc = p["encoder"]["encoder"]
     assert enc["seq"][2] == (4, 10) and enc["items"][1] == (2, 30)
@@ -71,7 +71,7 @@ def test_binding_plan_ping_pongs_a_preallocated_cache(tiny_export):
         assert cur.past_elems == prev.present_elems
     assert all(s.present_elems <= sizes["past_key_values.0.key#0"] for s in steps)
     assert steps[-1].input_shapes["attention_mask"] == (3, 296)
-    assert steps[0].input_shapes["bank.lora_B.v_proj"] == (2, 32, 8)  # bound once, same every step
+    assert steps[0].input_shapes["bank.lora_B.v_proj"] == (2, 8, 32)  # B^T, bound once, same every step
     with pytest.raises(EngineError, match="--max-prompt"):
         plan.step(0, 1, 301, 0)
     with pytest.raises(EngineError, match="--max-batch"):

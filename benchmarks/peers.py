@@ -1,0 +1,101 @@
+"""Peers on the plain base model, side by side with our plain-model ORT path, in one run.
+
+    python benchmarks/peers.py --plain-export benchmarks/results/lastfm-smollm2/exports/plain \
+        --data ../shared/ilora-ref/data/lastfm --threads 2 -o benchmarks/results/lastfm-smollm2
+
+The peers need their own environment (the optimum-onnx exporter requires transformers < 4.58): it is
+created once in benchmarks/.peers-venv with pip. Rows, all at batch 1 with the same protocol
+(random ordinary tokens, one warm-up, medians of --repeats):
+- ours: the plain base model exported by `ilora-export` (`ilora-export bench` makes it), in ORT;
+- optimum-onnx `text-generation-with-past` export, run in ORT with its KV cache;
+- the onnxruntime-genai model builder export (fp32 and int4), run with its own generator.
+Writes peers.json and peers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEER_PACKAGES = ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime",
+                 "onnxruntime-genai==0.18.0", "numpy"]
+
+
+def ensure_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if not stamp.is_file() or stamp.read_text() != "\n".join(PEER_PACKAGES):
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        stamp.write_text("\n".join(PEER_PACKAGES))
+    return python
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plain-export", required=True, help="our plain-model export (ilora-export bench makes it)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--base-model", default=None, help="HF folder of the base model (default: the embedded one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lengths", default="64,128,256,512")
+    ap.add_argument("--decode-past", type=int, default=280)
+    ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--venv", default=str(HERE / ".peers-venv"))
+    ap.add_argument("-o", "--output", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+
+    from ilora_export.base.fetch import resolve_base_model
+
+    base = resolve_base_model(args.base_model)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+
+    # ours first, then the peers, one after the other on the same machine
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"backend": "ort", "target": args.plain_export, "data": args.data, "split": "test", "limit": 1,
+                "threads": args.threads, "repeats": args.repeats, "eval_repeats": 1, "prompt_lengths": lengths,
+                "decode_past": args.decode_past, "decode_steps": args.decode_steps, "eval_batch_sizes": [],
+                "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())["adapter"]["num_experts"]}
+        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+        subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
+                       check=True, env=env)
+        ours = json.loads((Path(tmp) / "ours.json").read_text())
+    python = ensure_venv(Path(args.venv))
+    peers_out = out / "peers-raw.json"
+    subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(Path(args.venv).parent / ".peers-work"),
+                    str(args.threads), str(args.repeats), args.lengths, str(args.decode_past), str(args.decode_steps),
+                    str(peers_out)], check=True, env=env)
+    peers = json.loads(peers_out.read_text())
+    rows = {"ours: ilora-export plain export, ORT": ours, **peers["rows"]}
+    report = {"threads": args.threads, "repeats": args.repeats, "decode_past": args.decode_past, "rows": rows,
+              "errors": peers["errors"], "base_model": str(base)}
+    (out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    ref = ours["decode_ms_per_token"]["median"]
+    lines = [f"Plain base model, batch 1, {args.threads} threads, medians of {args.repeats} (min-max), decode at "
+             f"past {args.decode_past}; one run.", "",
+             "| row | " + " | ".join(f"prefill {n} ms" for n in lengths) + " | decode ms/token | decode vs ours |",
+             "|" + "---|" * (len(lengths) + 3)]
+    for name, r in rows.items():
+        d = r["decode_ms_per_token"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
+            f"{r['prefill_ms'][str(n)]['max']:.0f}]" for n in lengths)
+            + f" | {d['median']:.2f} [{d['min']:.2f}-{d['max']:.2f}] | {d['median'] / ref:.2f}x |")
+    for name, err in peers["errors"].items():
+        lines.append(f"\n{name}: not measured ({err})")
+    (out / "peers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Runs inside the peers' own virtual environment (created by peers.py): exports the plain base model
+with the peer tools and measures prefill latency by prompt length and decode ms/token at batch 1, with
+the same protocol as ``ilora_export.bench.worker`` (random ordinary tokens, warm-up, medians).
+
+    python peers_inner.py BASE_DIR WORK_DIR THREADS REPEATS LENGTHS DECODE_PAST DECODE_STEPS OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def stats(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def optimum_row(base, work, threads, repeats, lengths, past, steps):
+    import onnxruntime as ort
+
+    out = work / "optimum"
+    if not (out / "model.onnx").is_file():
+        subprocess.run(["optimum-cli", "export", "onnx", "--model", str(base), "--task", "text-generation-with-past",
+                        str(out)], check=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    kv = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+    heads, dim = kv[0].shape[1], kv[0].shape[3]
+    rng = np.random.default_rng(0)
+
+    def run(ids, mask, cache):
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(mask.shape[1] - ids.shape[1], mask.shape[1], dtype=np.int64)[None]
+        for i, t in enumerate(kv):
+            feed[t.name] = cache[i] if cache is not None else np.zeros((1, heads, 0, dim), np.float32)
+        outs = sess.run(None, feed)
+        return outs[0][:, -1], outs[1:]
+
+    return measure(run, rng, repeats, lengths, past, steps)
+
+
+def measure(run, rng, repeats, lengths, past, steps):
+    res = {"prefill_ms": {}}
+
+    def prefill(n):
+        ids = rng.integers(0, 49152, size=(1, n)).astype(np.int64)
+        return run(ids, np.ones((1, n), np.int64), None)
+
+    for n in lengths:
+        prefill(n)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            prefill(n)
+            times.append((time.perf_counter() - t) * 1e3)
+        res["prefill_ms"][str(n)] = stats(times)
+    per_run = []
+    for _ in range(repeats):
+        logits, cache = prefill(past)
+        mask = np.ones((1, past), np.int64)
+        times = []
+        for _ in range(steps):
+            tok = logits.argmax(-1)[:, None].astype(np.int64)
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], 1)
+            t = time.perf_counter()
+            logits, cache = run(tok, mask, cache)
+            times.append((time.perf_counter() - t) * 1e3)
+        per_run.append(statistics.median(times))
+    res["decode_ms_per_token"] = stats(per_run)
+    return res
+
+
+def genai_row(base, work, threads, repeats, lengths, past, steps, precision):
+    import onnxruntime_genai as og
+
+    out = work / f"genai-{precision}"
+    if not (out / "genai_config.json").is_file():
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(base), "-o", str(out),
+                        "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")], check=True)
+    cfg = json.loads((out / "genai_config.json").read_text())
+    opts = cfg["model"]["decoder"].setdefault("session_options", {})
+    opts["intra_op_num_threads"], opts["inter_op_num_threads"] = threads, 1
+    (out / "genai_config.json").write_text(json.dumps(cfg, indent=2))
+    model = og.Model(str(out))
+    rng = np.random.default_rng(0)
+    res = {"prefill_ms": {}}
+
+    def new_generator(max_length):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=max_length, do_sample=False)
+        return og.Generator(model, params)
+
+    for n in lengths:
+        times = []
+        for i in range(repeats + 1):
+            gen = new_generator(n + 2)
+            ids = rng.integers(0, 49152, size=n).astype(np.int32)
+            t = time.perf_counter()
+            gen.append_tokens(ids)  # the prefill
+            if i:  # the first is a warm-up
+                times.append((time.perf_counter() - t) * 1e3)
+        res["prefill_ms"][str(n)] = stats(times)
+    per_run = []
+    for _ in range(repeats):
+        gen = new_generator(past + steps + 2)
+        gen.append_tokens(rng.integers(0, 49152, size=past).astype(np.int32))
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            gen.generate_next_token()
+            times.append((time.perf_counter() - t) * 1e3)
+        per_run.append(statistics.median(times))
+    res["decode_ms_per_token"] = stats(per_run)
+    return res
+
+
+def main():
+    base, work, threads, repeats, lengths, past, steps, out = sys.argv[1:9]
+    base, work = Path(base), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    threads, repeats, past, steps = int(threads), int(repeats), int(past), int(steps)
+    lengths = [int(x) for x in lengths.split(",")]
+    rows, errors = {}, {}
+    for name, fn in (("optimum-onnx", lambda: optimum_row(base, work, threads, repeats, lengths, past, steps)),
+                     ("ort-genai fp32", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "fp32")),
+                     ("ort-genai int4", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "int4"))):
+        try:
+            t = time.perf_counter()
+            rows[name] = fn() | {"wall_s": time.perf_counter() - t}
+            print(f"{name}: decode {rows[name]['decode_ms_per_token']['median']:.2f} ms/token", flush=True)
+        except Exception as err:  # noqa: BLE001 (a peer that fails is reported, not fatal)
+            errors[name] = f"{type(err).__name__}: {err}"[:500]
+            print(f"{name}: failed: {errors[name]}", flush=True)
+    rows_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(out).write_text(json.dumps({"rows": rows, "errors": errors, "peak_rss_mb_all_peers": rows_rss}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
