@@ -1,7 +1,8 @@
 """``run_bench``: every row measured in its own process, one after the other, on the same machine.
 
 Rows: PyTorch eager (the reference: the checkpoint through the HF forward with its DynamicCache),
-ORT with the expert bank as inputs (the default export), ORT with the bank baked, ORT running the
+ORT over the default export (expert bank as graph inputs) with the bank folded into the session at
+load (the default) and bound per call, ORT over an export with the bank baked, and ORT running the
 plain base model behind the same interface (what the expert bank costs). Results: JSON, a Markdown
 table and, with matplotlib installed, a PNG plot.
 """
@@ -21,9 +22,10 @@ from pathlib import Path
 from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
 
-ROWS = ("torch", "ort", "ort-baked", "ort-plain")
-LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank as inputs (default)",
-          "ort-baked": "ORT, bank baked", "ort-plain": "ORT, plain base model (no adapter)"}
+ROWS = ("torch", "ort", "ort-input", "ort-baked", "ort-plain")
+LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank as inputs, folded at load (default)",
+          "ort-input": "ORT, bank as inputs, bound per call", "ort-baked": "ORT, bank baked at export",
+          "ort-plain": "ORT, plain base model (no adapter)"}
 
 
 def _variant(export_info, kind: str, cache: Path, log) -> Path:
@@ -79,7 +81,7 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         raise IloraError(f"unknown benchmark rows {unknown}", f"choose from {', '.join(ROWS)}")
     ckpt = Path(checkpoint) if checkpoint else Path(info.manifest["source"]["checkpoint"])
     cache = output / "exports"
-    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path)}
+    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path), "ort-input": ("ort", info.path)}
     if "ort-baked" in rows:
         targets["ort-baked"] = ("ort", _variant(info, "baked", cache, log))
     if "ort-plain" in rows:
@@ -95,7 +97,8 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         log(f"[{row}] {LABELS[row]}")
         with tempfile.TemporaryDirectory() as tmp:
             spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-            spec_file.write_text(json.dumps(base | {"backend": backend, "target": str(target)}))
+            spec_file.write_text(json.dumps(base | {"backend": backend, "target": str(target),
+                                                    "bank_mode": "input" if row == "ort-input" else "session"}))
             env = os.environ | {"OMP_NUM_THREADS": str(threads)}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],

@@ -33,7 +33,8 @@ def measure(spec: dict) -> dict:
     threads = spec["threads"]
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    backend, assets = open_backend(spec["target"], spec["backend"], threads=threads)
+    backend, assets = open_backend(spec["target"], spec["backend"], threads=threads,
+                                   bank_mode=spec.get("bank_mode", "session"))
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vocab = len(assets.tokenizer) - len(assets.token_ids)  # ordinary tokens only

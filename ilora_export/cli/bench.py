@@ -14,7 +14,7 @@ from ilora_export.cli.options import limit_option, threads_option
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None,
               help="The checkpoint the export came from (default: the path its manifest records).")
-@click.option("--rows", default="torch,ort,ort-baked,ort-plain", show_default=True,
+@click.option("--rows", default="torch,ort,ort-input,ort-baked,ort-plain", show_default=True,
               help="Comma-separated rows to measure.")
 @threads_option
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,

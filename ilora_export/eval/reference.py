@@ -105,7 +105,7 @@ BACKENDS = ("torch", "ort", "trt")
 
 
 def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
-                 threads: int | None = None, bank=None):
+                 threads: int | None = None, bank=None, bank_mode: str = "session"):
     """(backend, assets) for a checkpoint (torch) or an export directory (ort)."""
     if backend == "torch":
         from ilora_export.checkpoint import load_checkpoint
@@ -129,7 +129,7 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
             raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
                              f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
         export = load_export(target)
-        return OrtBackend(export, device=device, threads=threads, bank=bank), export.assets
+        return OrtBackend(export, device=device, threads=threads, bank=bank, bank_mode=bank_mode), export.assets
     if backend == "trt":
         import json
 

@@ -8,6 +8,7 @@ only the logits come back to the host).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,28 +49,64 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu"):
-    """An InferenceSession whose inputs/outputs are checked against ``contract``."""
-    ort = import_onnxruntime()
+def _with_constant_inputs(file: Path, constants: dict[str, np.ndarray]) -> bytes:
+    """The graph at ``file`` with the named inputs turned into initializers (weights stay external)."""
+    import onnx
+    from onnx import numpy_helper
+
     try:
-        session = ort.InferenceSession(str(file), sess_options=session_options(threads),
-                                       providers=providers_for(device))
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 (protobuf raises its own DecodeError; any failure is a bad file)
+        raise ExportError(f"{file}: onnxruntime cannot load the graph ({type(err).__name__}: {err})"[:300],
+                          "the graph is missing or corrupt; export again") from None
+    keep = [i for i in model.graph.input if i.name not in constants]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    model.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), name)
+                                   for name, v in constants.items())
+    return model.SerializeToString()
+
+
+def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu",
+                 constants: dict[str, np.ndarray] | None = None):
+    """An InferenceSession whose inputs/outputs are checked against ``contract``.
+
+    ``constants`` turns those graph inputs into initializers of this session (folded and prepacked by
+    onnxruntime at load); the graph file is unchanged.
+    """
+    ort = import_onnxruntime()
+    options = session_options(threads)
+    source: str | bytes = str(file)
+    if constants:
+        source = _with_constant_inputs(file, constants)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(file.parent))
+    try:
+        session = ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
             ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             RuntimeError) as err:
         first = str(err).strip().splitlines()[0][:300]
         raise ExportError(f"{file}: onnxruntime cannot load the graph ({first})",
                           "the graph or its external-data file is missing or corrupt; export again") from None
+    if constants:
+        contract = replace(contract, inputs=tuple(t for t in contract.inputs if t.name not in constants))
     contract.check_session(session)
     return session
 
 
 class OrtBackend:
-    """Encoder and decoder sessions of a loaded export; ``bank`` swaps in another expert bank file."""
+    """Encoder and decoder sessions of a loaded export; ``bank`` swaps in another expert bank file.
+
+    ``bank_mode``: "session" (default) folds the bank into the decoder session when it is created, so
+    onnxruntime constant-folds the per-layer slices and prepacks the LoRA weights as for a baked graph,
+    while the bank still comes from ``bank.safetensors`` (or ``bank``); "input" binds it as OrtValues on
+    every call (the graph's own interface, one session for any number of banks).
+    """
 
     name = "ort"
 
-    def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None):
+    def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None,
+                 bank_mode: str = "session"):
         ort = import_onnxruntime()
         info = export.info
         self.info = info
@@ -77,19 +114,24 @@ class OrtBackend:
         self.embeddings = export.embeddings  # [V, H]
         self.device = device
         self.ort_device = "cuda" if device == "cuda" else "cpu"
+        if bank_mode not in ("session", "input"):
+            raise ValueError(f"bank_mode must be 'session' or 'input', not {bank_mode!r}")
+        tensors: dict[str, np.ndarray] = {}
+        if not info.bake_experts:
+            tensors = {f"bank.{k}": v for k, v in read_bank(Path(bank) if bank else info.path / BANK, info).items()}
+        elif bank is not None:
+            raise ExportError(f"{info.path}: the expert bank is baked into this export; --bank does not apply",
+                              "export without --bake-experts to swap expert banks")
         self.encoder = open_session(info.path / info.encoder.file, info.encoder, threads=threads, device=device)
-        self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device)
+        self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device,
+                                    constants=tensors if bank_mode == "session" else None)
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
         self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)
         self.bank: dict[str, object] = {}
-        if not info.bake_experts:
-            tensors = read_bank(Path(bank) if bank else info.path / BANK, info)
-            self.bank = {f"bank.{k}": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.ort_device)
-                         for k, v in tensors.items()}
-        elif bank is not None:
-            raise ExportError(f"{info.path}: the expert bank is baked into this export; --bank does not apply",
-                              "export without --bake-experts to swap expert banks")
+        if bank_mode == "input":
+            self.bank = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.ort_device)
+                         for name, v in tensors.items()}
 
     def encode(self, seq, len_seq, items) -> Encoded:
         gate, embeds, scores = self.encoder.run(None, {"seq": seq.astype(np.int64),

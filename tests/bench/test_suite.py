@@ -11,7 +11,7 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     report = run_bench(export, toy_data_dir, checkpoint=ckpt, threads=1, repeats=2, limit=4,
                        prompt_lengths=(16, 32), decode_past=20, decode_steps=3, batch_sizes=(1, 2),
                        output=tmp_path, log=lambda m: None)
-    assert list(report["rows"]) == ["torch", "ort", "ort-baked", "ort-plain"]
+    assert list(report["rows"]) == ["torch", "ort", "ort-input", "ort-baked", "ort-plain"]
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"].keys() == report["rows"].keys()
     for row, r in report["rows"].items():
@@ -19,11 +19,11 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
         assert r["peak_rss_mb"] > 0 and r["eval"]["2"]["rows"] == 4
     ratios = report["ratios"]
     # the deployed variants answer exactly as the reference; the plain model is a different model
-    for row in ("ort", "ort-baked"):
+    for row in ("ort", "ort-input", "ort-baked"):
         assert ratios[row]["answers_identical_to_torch_b1"] == ratios[row]["answers_identical_to_torch_b2"] == 4
     assert "decode_cost_vs_plain" in ratios["ort"]
     md = (tmp_path / "bench.md").read_text()
-    assert "ORT, bank as inputs (default)" in md and "floor (this machine)" in md
+    assert "ORT, bank as inputs, folded at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
 
 

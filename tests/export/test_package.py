@@ -68,11 +68,11 @@ def test_manifest_describes_and_hashes_the_export(exports, ckpt):
     assert "bank.safetensors" not in baked["files"]
 
 
-@pytest.mark.parametrize("kind", ["bank", "baked"])
-def test_ort_answers_equal_torch_answers(exports, ckpt, toy_data_dir, kind):
+@pytest.mark.parametrize("kind, bank_mode", [("bank", "session"), ("bank", "input"), ("baked", "session")])
+def test_ort_answers_equal_torch_answers(exports, ckpt, toy_data_dir, kind, bank_mode):
     evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
     ref = evaluate_backend(*_torch(ckpt), evalset, batch_size=4, progress=False)
-    got = evaluate_backend(*_ort(exports[kind]), evalset, batch_size=4, progress=False)
+    got = evaluate_backend(*_ort(exports[kind], bank_mode=bank_mode), evalset, batch_size=4, progress=False)
     answers = [r["answer"] for r in ref.records]
     assert len(set(answers)) > 1  # varied, real answers (the tiny model's bank is random)
     assert [r["answer"] for r in got.records] == answers
