@@ -3,8 +3,10 @@
     python benchmarks/peers.py --plain-export benchmarks/results/lastfm-smollm2/exports/plain \
         --data ../shared/ilora-ref/data/lastfm --threads 2 -o benchmarks/results/lastfm-smollm2
 
-The peers need their own environment (the optimum-onnx exporter requires transformers < 4.58): it is
-created once in benchmarks/.peers-venv with pip. Rows, all at batch 1 with the same protocol
+The peers need their own environments (the optimum-onnx exporter requires transformers < 4.58, the
+onnxruntime-genai 0.18 model builder transformers 5): created once with pip in
+benchmarks/.peers-venv-optimum and benchmarks/.peers-venv-genai.
+Rows, all at batch 1 with the same protocol
 (random ordinary tokens, one warm-up, medians of --repeats):
 - ours: the plain base model exported by `ilora-export` (`ilora-export bench` makes it), in ORT;
 - optimum-onnx `text-generation-with-past` export, run in ORT with its KV cache;
@@ -23,18 +25,22 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PEER_PACKAGES = ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime",
-                 "onnxruntime-genai==0.18.0", "numpy"]
+# optimum-onnx needs transformers < 4.58; the onnxruntime-genai 0.18 builder needs transformers 5: two venvs
+PEER_VENVS = {
+    "optimum": ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime", "numpy"],
+    "genai": ["torch==2.13.0", "transformers>=5,<6", "onnxruntime-genai==0.18.0", "onnx", "onnx-ir", "onnxruntime",
+              "numpy"],
+}
 
 
-def ensure_venv(venv: Path) -> Path:
+def ensure_venv(venv: Path, packages: list[str]) -> Path:
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
-    if not stamp.is_file() or stamp.read_text() != "\n".join(PEER_PACKAGES):
+    if not stamp.is_file() or stamp.read_text() != "\n".join(packages):
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
-        stamp.write_text("\n".join(PEER_PACKAGES))
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+        stamp.write_text("\n".join(packages))
     return python
 
 
@@ -70,12 +76,16 @@ def main(argv=None):
         subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
                        check=True, env=env)
         ours = json.loads((Path(tmp) / "ours.json").read_text())
-    python = ensure_venv(Path(args.venv))
-    peers_out = out / "peers-raw.json"
-    subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(Path(args.venv).parent / ".peers-work"),
-                    str(args.threads), str(args.repeats), args.lengths, str(args.decode_past), str(args.decode_steps),
-                    str(peers_out)], check=True, env=env)
-    peers = json.loads(peers_out.read_text())
+    peers = {"rows": {}, "errors": {}}
+    for group, packages in PEER_VENVS.items():
+        python = ensure_venv(Path(f"{args.venv}-{group}"), packages)
+        raw = out / f"peers-raw-{group}.json"
+        subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(Path(args.venv).parent / ".peers-work"),
+                        str(args.threads), str(args.repeats), args.lengths, str(args.decode_past),
+                        str(args.decode_steps), str(raw), group], check=True, env=env)
+        part = json.loads(raw.read_text())
+        peers["rows"] |= part["rows"]
+        peers["errors"] |= part["errors"]
     rows = {"ours: ilora-export plain export, ORT": ours, **peers["rows"]}
     report = {"threads": args.threads, "repeats": args.repeats, "decode_past": args.decode_past, "rows": rows,
               "errors": peers["errors"], "base_model": str(base)}

@@ -2,7 +2,7 @@
 with the peer tools and measures prefill latency by prompt length and decode ms/token at batch 1, with
 the same protocol as ``ilora_export.bench.worker`` (random ordinary tokens, warm-up, medians).
 
-    python peers_inner.py BASE_DIR WORK_DIR THREADS REPEATS LENGTHS DECODE_PAST DECODE_STEPS OUT.json
+    python peers_inner.py BASE_DIR WORK_DIR THREADS REPEATS LENGTHS DECODE_PAST DECODE_STEPS OUT.json optimum|genai
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def optimum_row(base, work, threads, repeats, lengths, past, steps):
 
     out = work / "optimum"
     if not (out / "model.onnx").is_file():
-        subprocess.run(["optimum-cli", "export", "onnx", "--model", str(base), "--task", "text-generation-with-past",
+        subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "onnx", "--model", str(base), "--task", "text-generation-with-past",
                         str(out)], check=True)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -125,15 +125,16 @@ def genai_row(base, work, threads, repeats, lengths, past, steps, precision):
 
 
 def main():
-    base, work, threads, repeats, lengths, past, steps, out = sys.argv[1:9]
+    base, work, threads, repeats, lengths, past, steps, out, group = sys.argv[1:10]
     base, work = Path(base), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     threads, repeats, past, steps = int(threads), int(repeats), int(past), int(steps)
     lengths = [int(x) for x in lengths.split(",")]
     rows, errors = {}, {}
-    for name, fn in (("optimum-onnx", lambda: optimum_row(base, work, threads, repeats, lengths, past, steps)),
-                     ("ort-genai fp32", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "fp32")),
-                     ("ort-genai int4", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "int4"))):
+    peers = {"optimum": [("optimum-onnx", lambda: optimum_row(base, work, threads, repeats, lengths, past, steps))],
+             "genai": [("ort-genai fp32", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "fp32")),
+                       ("ort-genai int4", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "int4"))]}
+    for name, fn in peers[group]:
         try:
             t = time.perf_counter()
             rows[name] = fn() | {"wall_s": time.perf_counter() - t}
