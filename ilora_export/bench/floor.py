@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 
-
 def measure_bandwidth_gbs(threads: int, mib: int = 512, repeats: int = 5) -> float:
     """Best read bandwidth (GB/s) over a buffer far larger than the caches: the faster of a PyTorch
     reduction and an onnxruntime matrix-vector product (the decode access pattern)."""

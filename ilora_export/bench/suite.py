@@ -69,7 +69,11 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
               decode_past: int = 280, decode_steps: int = 32, batch_sizes=(1, 8), output="benchmarks/results",
               log: Callable[[str], None] = print) -> dict:
     """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
-    from ilora_export.bench.floor import decoder_floor, measure_bandwidth_gbs, measure_gemm_gflops
+    from ilora_export.bench.floor import (
+        decoder_floor,
+        measure_bandwidth_gbs,
+        measure_gemm_gflops,
+    )
     from ilora_export.export.manifest import read_manifest
 
     info = read_manifest(export_dir)

@@ -90,7 +90,9 @@ def measure(spec: dict) -> dict:
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits)."""
     try:
-        for line in open("/proc/self/status", encoding="ascii"):
+        from pathlib import Path
+
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -100,10 +102,10 @@ def peak_rss_mb() -> float:
 
 def main(argv=None):
     argv = argv or sys.argv[1:]
-    spec = json.loads(open(argv[0], encoding="utf-8").read())
-    out = measure(spec)
-    with open(argv[1], "w", encoding="utf-8") as f:
-        json.dump(out, f)
+    from pathlib import Path
+
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    Path(argv[1]).write_text(json.dumps(measure(spec)), encoding="utf-8")
 
 
 if __name__ == "__main__":
