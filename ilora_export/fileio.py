@@ -88,3 +88,22 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def hash_tree(root: str | os.PathLike, *, exclude: str) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative POSIX path, except the file named ``exclude``
+    (the index that records these hashes)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != exclude}
+
+
+def find_hash_problem(root: str | os.PathLike, files: dict[str, str]) -> tuple[Path, str] | None:
+    """The first listed file that is ``"missing"`` or ``"modified"`` (sha256 differs), or None."""
+    for rel, digest in files.items():
+        f = Path(root) / rel
+        if not f.is_file():
+            return f, "missing"
+        if sha256_file(f) != digest:
+            return f, "modified"
+    return None

@@ -6,12 +6,13 @@ an existing valid export is reused, so running the command again after an interr
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ilora_export.fileio import atomic_path
+from ilora_export.fileio import atomic_path, sha256_file
 
 
 def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = None, demo_data: bool = True,
@@ -45,11 +46,8 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
     t = time.perf_counter()
     export = out / "onnx"
     try:
-        read_manifest(export)
-        fresh = json.loads((export / "manifest.json").read_text())["source"]["checkpoint_sha256"]
-        from ilora_export.fileio import sha256_file
-
-        reuse = fresh == sha256_file(Path(result.checkpoint) / "config.json")
+        source = read_manifest(export).manifest["source"]["checkpoint_sha256"]
+        reuse = source == sha256_file(Path(result.checkpoint) / "config.json")
     except IloraError:
         reuse = False
     log(f"[3/5] export to ONNX -> {export}" + (" (up to date, reused)" if reuse else ""))
@@ -64,9 +62,11 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
         summaries[backend] = run_eval(target, data, recipe.data.eval_split, backend=backend, limit=limit,
                                       threads=threads, output=out / f"eval-{backend}")
         stages[f"eval_{backend}"] = time.perf_counter() - t
-    answers = {b: [r for r in (out / f"eval-{b}" / "predictions.csv").read_text(encoding="utf-8").splitlines()]
-               for b in summaries}
-    same = sum(a == b for a, b in zip(answers["torch"][1:], answers["ort"][1:]))
+    answers = {}
+    for b in summaries:
+        with open(out / f"eval-{b}" / "predictions.csv", encoding="utf-8", newline="") as f:
+            answers[b] = [row["answer"] for row in csv.DictReader(f)]
+    same = sum(a == b for a, b in zip(answers["torch"], answers["ort"]))
     summary = {"output_dir": str(out), "checkpoint": str(result.checkpoint), "export": str(export),
                "split": recipe.data.eval_split, "rows": summaries["torch"]["rows"], "identical_rows": same,
                "stages_seconds": {k: round(v, 1) for k, v in stages.items()},

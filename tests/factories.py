@@ -52,22 +52,28 @@ def make_tiny_ilora(llama_dir, *, num_items: int = 50, num_experts: int = 4, gat
     return model.eval()
 
 
-def make_tiny_checkpoint(llama_dir, data_dir, out, **kwargs):
-    """A checkpoint directory of :func:`make_tiny_ilora` over a synthetic dataset's catalogue.
+@torch.no_grad()
+def trained_like_layernorms(sasrec, seed: int = 1) -> None:
+    """Give SASRec's LayerNorms trained-like parameters (weights 0.5..1.5, small biases).
 
-    SASRec's LayerNorms get trained-like parameters: with a fresh LayerNorm (weight 1, bias 0) the
-    official query mask ``ln_1(x).sum(-1) != 0`` is rounding noise, which no trained model has.
+    The official query mask tests ``ln_1(x).sum(-1) != 0``; with a fresh LayerNorm (weight 1, bias 0)
+    that sum is 0 up to rounding, so the mask would be rounding noise, which no trained model has.
     """
+    gen = torch.Generator().manual_seed(seed)
+    for ln in (sasrec.ln_1, sasrec.ln_2, sasrec.ln_3):
+        ln.weight.copy_(torch.rand(ln.weight.shape, generator=gen) + 0.5)
+        ln.bias.copy_(torch.randn(ln.bias.shape, generator=gen) * 0.1)
+
+
+def make_tiny_checkpoint(llama_dir, data_dir, out, **kwargs):
+    """A checkpoint directory of :func:`make_tiny_ilora` (trained-like SASRec LayerNorms) over a
+    synthetic dataset's catalogue."""
     from ilora_export.checkpoint.format import save_checkpoint
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import default_templates
 
     model = make_tiny_ilora(llama_dir, **kwargs)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(1)
-        for ln in (model.sasrec.ln_1, model.sasrec.ln_2, model.sasrec.ln_3):
-            ln.weight.copy_(torch.rand(ln.weight.shape, generator=gen) + 0.5)
-            ln.bias.copy_(torch.randn(ln.bias.shape, generator=gen) * 0.1)
+    trained_like_layernorms(model.sasrec)
     catalogue = load_dataset(data_dir).catalogue
     return save_checkpoint(model, out, base_model_ref=str(llama_dir), base_model_dir=Path(llama_dir),
                            catalogue=catalogue, templates=default_templates())

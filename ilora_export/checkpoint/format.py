@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ilora_export.errors import CheckpointError
-from ilora_export.fileio import atomic_dir, sha256_file
+from ilora_export.fileio import atomic_dir, find_hash_problem, hash_tree
 
 FORMAT = "ilora-export/checkpoint"
 FORMAT_VERSION = 1
@@ -86,15 +86,10 @@ def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, c
             "sasrec": model.sasrec.config(),
             "catalogue": {"num_items": catalogue.num_items, "pad_id": catalogue.pad_id},
             "prompts": {"source": str(templates.source), "count": len(templates.templates)},
-            "files": _hash_tree(tmp),
+            "files": hash_tree(tmp, exclude=CONFIG),
         } | ({"extra": extra} if extra else {})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     return path
-
-
-def _hash_tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != CONFIG}
 
 
 @dataclass
@@ -120,14 +115,13 @@ def read_checkpoint(path) -> CheckpointInfo:
         raise CheckpointError(f"{cfg_path}: unreadable ({err})", hint) from None
     if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{cfg_path}: not an {FORMAT} v{FORMAT_VERSION} config", hint)
-    for rel, digest in config.get("files", {}).items():
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointError(f"{f}: listed in config.json but missing", "the checkpoint is incomplete; "
-                                  "re-save it")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"{f}: sha256 does not match config.json (truncated or modified)",
-                                  "the checkpoint is corrupt; re-save it from training")
+    problem = find_hash_problem(path, config.get("files", {}))
+    if problem and problem[1] == "missing":
+        raise CheckpointError(f"{problem[0]}: listed in config.json but missing", "the checkpoint is incomplete; "
+                              "re-save it")
+    if problem:
+        raise CheckpointError(f"{problem[0]}: sha256 does not match config.json (truncated or modified)",
+                              "the checkpoint is corrupt; re-save it from training")
     for required in (ADAPTER, ADDED_TOKENS, SASREC, CATALOGUE, PROMPTS):
         if required not in config.get("files", {}):
             raise CheckpointError(f"{path}: config.json lists no {required}", hint)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ilora_export.errors import ExportError
 from ilora_export.export.contract import GraphContract, ModelShape
-from ilora_export.fileio import sha256_file
+from ilora_export.fileio import find_hash_problem
 
 MANIFEST = "manifest.json"
 FORMAT = "ilora-export/onnx"
@@ -36,11 +36,6 @@ CATALOGUE = "catalogue.json"
 PROMPTS = "prompts.txt"
 
 _HINT = "point at a folder written by `ilora-export onnx CHECKPOINT -o FOLDER`"
-
-
-def hash_files(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
 @dataclass
@@ -61,6 +56,11 @@ class ExportInfo:
     @property
     def shape(self) -> ModelShape:
         return ModelShape.from_dict(self.manifest["model"])
+
+    @property
+    def tolerance(self) -> dict[str, float]:
+        """Absolute tolerance per output name against PyTorch fp32, from both contracts."""
+        return self.encoder.tolerance | self.decoder.tolerance
 
     @property
     def dtype(self) -> str:
@@ -84,15 +84,12 @@ def read_manifest(path, *, verify_files: bool = True) -> ExportInfo:
         raise ExportError(f"{file}: unreadable ({err})", _HINT) from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{file}: not an {FORMAT} v{FORMAT_VERSION} manifest", _HINT)
-    if verify_files:
-        for rel, digest in manifest.get("files", {}).items():
-            f = path / rel
-            if not f.is_file():
-                raise ExportError(f"{f}: listed in manifest.json but missing",
-                                  "the export is incomplete; export again")
-            if sha256_file(f) != digest:
-                raise ExportError(f"{f}: sha256 does not match manifest.json (truncated or modified)",
-                                  "the export is corrupt; export again")
+    problem = find_hash_problem(path, manifest.get("files", {})) if verify_files else None
+    if problem and problem[1] == "missing":
+        raise ExportError(f"{problem[0]}: listed in manifest.json but missing", "the export is incomplete; export again")
+    if problem:
+        raise ExportError(f"{problem[0]}: sha256 does not match manifest.json (truncated or modified)",
+                          "the export is corrupt; export again")
     return ExportInfo(path, manifest)
 
 

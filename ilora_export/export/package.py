@@ -22,9 +22,8 @@ from ilora_export.export.manifest import (
     PROMPTS,
     TOKENIZER,
     bank_metadata,
-    hash_files,
 )
-from ilora_export.fileio import atomic_dir, atomic_path
+from ilora_export.fileio import atomic_dir, atomic_path, hash_tree, sha256_file
 
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
@@ -89,7 +88,6 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
     from ilora_export.checkpoint import load_checkpoint
     from ilora_export.export.decoder import export_decoder, model_shape
     from ilora_export.export.encoder import export_encoder
-    from ilora_export.fileio import sha256_file
     from ilora_export.model.generate import eos_token_ids
 
     _require_onnx()
@@ -153,7 +151,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
                        "checkpoint_sha256": sha256_file(ckpt_path / "config.json"),
                        "base_model": {k: cfg["base_model"][k] for k in ("ref", "fingerprint", "model_type",
                                                                          "hidden_size", "num_hidden_layers")}},
-            "files": hash_files(tmp),
+            "files": hash_tree(tmp, exclude=MANIFEST),
         }
         (tmp / MANIFEST).write_text(_json(manifest), encoding="utf-8")
         if validate:
@@ -177,7 +175,6 @@ def _json(obj) -> str:
 
 def validate_export(export_dir, model, *, threads: int | None = None) -> dict:
     """Compare the export's ORT graphs with ``model`` (fp32 PyTorch); ValidationError beyond tolerance."""
-    from ilora_export.export.contract import EMBEDS_ATOL
     from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
     from ilora_export.runtime.ort_backend import OrtBackend
@@ -185,11 +182,9 @@ def validate_export(export_dir, model, *, threads: int | None = None) -> dict:
 
     export = load_export(export_dir)
     info = export.info
-    tolerance = dict(info.decoder.tolerance) | {k: EMBEDS_ATOL["float32"] for k in
-                                                ("gate_weights", "item_embeds", "item_scores")}
     reference = TorchBackend(model, adapters=info.manifest.get("adapters", True))
     return compare_backends(reference, OrtBackend(export, threads=threads), export.assets,
-                            info.manifest["model"]["state_size"], tolerance=tolerance,
+                            info.manifest["model"]["state_size"], tolerance=info.tolerance,
                             strict_argmax=info.dtype == "float32")
 
 

@@ -37,7 +37,6 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     ValidationError (after writing the report) when an fp32 export disagrees on any answer."""
     from ilora_export.checkpoint import load_checkpoint
     from ilora_export.eval.reference import evaluate_backend
-    from ilora_export.export.contract import EMBEDS_ATOL
     from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
     from ilora_export.runtime.ort_backend import OrtBackend
@@ -49,12 +48,10 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     check_source(loaded.info, info)
     torch_backend, ort_backend = TorchBackend(loaded.model), OrtBackend(export, threads=threads)
     strict = info.dtype == "float32"
-    tolerance = dict(info.decoder.tolerance) | {k: EMBEDS_ATOL["float32"]
-                                                for k in ("gate_weights", "item_embeds", "item_scores")}
     problems = []
     try:
         logits = compare_backends(torch_backend, ort_backend, export.assets, info.manifest["model"]["state_size"],
-                                  tolerance=tolerance, strict_argmax=strict)
+                                  tolerance=info.tolerance, strict_argmax=strict)
     except ValidationError as err:
         logits, problems = err.report, [err.message]
     report = {"checkpoint": str(checkpoint), "export": str(export_dir), "dtype": info.dtype,

@@ -31,9 +31,7 @@ def import_tensorrt():
     for name in ("tensorrt", "tensorrt_rtx"):
         try:
             return __import__(name)
-        except ImportError as err:  # also a stub package whose libraries failed to load
-            errors.append(f"{name}: {err}")
-        except OSError as err:
+        except (ImportError, OSError) as err:  # OSError: a stub package whose libraries failed to load
             errors.append(f"{name}: {err}")
     raise EngineError("TensorRT is not importable (" + "; ".join(errors) + ")", INSTALL_HINT)
 

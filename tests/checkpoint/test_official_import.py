@@ -16,6 +16,7 @@ from ilora_export.errors import CheckpointError, UnsafePickleError
 from ilora_export.model.gating import ResNetGate
 from ilora_export.model.prompting import PromptEncoder
 from ilora_export.model.sasrec import SASRec
+from tests.factories import trained_like_layernorms
 
 PROJS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
          "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
@@ -72,9 +73,7 @@ def official(tiny_llama_dir, toy_data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("official")
     config = AutoConfig.from_pretrained(tiny_llama_dir)
     sasrec = SASRec(load_dataset(toy_data_dir).catalogue.num_items, hidden=D_REC, state_size=10)
-    with torch.no_grad():  # trained-like LayerNorms (see tests/factories.make_tiny_checkpoint)
-        for ln in (sasrec.ln_1, sasrec.ln_2, sasrec.ln_3):
-            ln.weight.uniform_(0.5, 1.5), ln.bias.normal_(0, 0.1)
+    trained_like_layernorms(sasrec)
     torch.save(sasrec.state_dict(), root / "rec.pt")
     sd = official_state(config)
     ckpt = save_lightning(root / "official.ckpt", sd)

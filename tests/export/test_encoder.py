@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ilora_export.export.encoder import EncoderWrapper, export_encoder
-from tests.factories import make_tiny_ilora
+from tests.factories import make_tiny_ilora, trained_like_layernorms
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 
@@ -11,11 +11,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (p
 @pytest.mark.parametrize("gate", ["dense", "resnet"])
 def test_encoder_graph_matches_pytorch(gate, tiny_llama_dir, tmp_path):
     model = make_tiny_ilora(tiny_llama_dir, gate=gate)
-    # The official query mask tests ln_1(x).sum(-1) != 0; with a fresh LayerNorm (weight 1, bias 0) that sum
-    # is 0 up to rounding, so the mask would be rounding noise. Trained SASRec LayerNorms are not like that.
-    with torch.no_grad():
-        for ln in (model.sasrec.ln_1, model.sasrec.ln_2, model.sasrec.ln_3):
-            ln.weight.uniform_(0.5, 1.5), ln.bias.normal_(0, 0.1)
+    trained_like_layernorms(model.sasrec)
     from ilora_export.export.decoder import model_shape
 
     contract = export_encoder(model, tmp_path / "encoder.onnx", model_shape(model))
