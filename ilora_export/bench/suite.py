@@ -22,10 +22,12 @@ from pathlib import Path
 from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
 
-ROWS = ("torch", "ort", "ort-input", "ort-baked", "ort-plain")
+ROWS = ("torch", "ort", "ort-input", "ort-baked", "ort-plain", "ort-int8", "ort-int4")
 LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank as inputs, folded at load (default)",
           "ort-input": "ORT, bank as inputs, bound per call", "ort-baked": "ORT, bank baked at export",
-          "ort-plain": "ORT, plain base model (no adapter)"}
+          "ort-plain": "ORT, plain base model (no adapter)",
+          "ort-int8": "ORT, int8 weights (bank fp32), opt-in", "ort-int4": "ORT, int4 weights (bank fp32), opt-in"}
+QUANTIZED = {"int8": 8, "int4": 4}  # variant kind -> weight bits
 
 
 def _variant(export_info, kind: str, cache: Path, log) -> Path:
@@ -35,6 +37,8 @@ def _variant(export_info, kind: str, cache: Path, log) -> Path:
 
     src = export_info.manifest["source"]
     out = cache / kind
+    if kind in QUANTIZED:
+        return _quantized_variant(export_info, QUANTIZED[kind], out, log)
     try:
         if read_manifest(out, verify_files=False).manifest["source"]["checkpoint_sha256"] == src["checkpoint_sha256"]:
             return out
@@ -47,6 +51,22 @@ def _variant(export_info, kind: str, cache: Path, log) -> Path:
     log(f"exporting the {kind} variant of {ckpt} (once; cached in {out})")
     export_checkpoint(ckpt, out, dtype=export_info.dtype.replace("float", "fp"), bake_experts=kind == "baked",
                       plain=kind == "plain", log=lambda m: log(f"  {m}"))
+    return out
+
+
+def _quantized_variant(export_info, bits: int, out: Path, log) -> Path:
+    """The export quantized to ``bits`` (no quality gate: the suite reports answers vs the reference)."""
+    from ilora_export.export.manifest import read_manifest
+    from ilora_export.export.quantize import quantize_export
+
+    source_sha = sha256_file(export_info.path / "manifest.json")
+    try:
+        if read_manifest(out, verify_files=False).quantization["source_manifest_sha256"] == source_sha:
+            return out
+    except (IloraError, KeyError, TypeError):
+        pass
+    log(f"quantizing {export_info.path} to {bits}-bit (once; cached in {out})")
+    quantize_export(export_info.path, out, bits=bits, log=lambda m: log(f"  {m}"))
     return out
 
 
@@ -86,10 +106,9 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
     ckpt = Path(checkpoint) if checkpoint else Path(info.manifest["source"]["checkpoint"])
     cache = output / "exports"
     targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path), "ort-input": ("ort", info.path)}
-    if "ort-baked" in rows:
-        targets["ort-baked"] = ("ort", _variant(info, "baked", cache, log))
-    if "ort-plain" in rows:
-        targets["ort-plain"] = ("ort", _variant(info, "plain", cache, log))
+    for kind in ("baked", "plain", *QUANTIZED):
+        if f"ort-{kind}" in rows:
+            targets[f"ort-{kind}"] = ("ort", _variant(info, kind, cache, log))
 
     base = {"data": str(data_dir), "split": split, "limit": limit, "threads": threads, "repeats": repeats,
             "eval_repeats": eval_repeats, "prompt_lengths": list(prompt_lengths), "decode_past": decode_past,
@@ -141,7 +160,7 @@ def _ratios(results: dict, batch_sizes, floor: dict) -> dict:
                 o[f"answers_identical_to_torch_b{b}"] = sum(
                     x == y for x, y in zip(r["eval"][str(b)]["answers"], ref["eval"][str(b)]["answers"]))
         o["decode_vs_floor"] = r["decode_ms_per_token"]["median"] / floor["decode_ms_floor"]
-        if "ort-plain" in results and row.startswith("ort") and row != "ort-plain":
+        if "ort-plain" in results and row.startswith("ort") and row != "ort-plain" and row[4:] not in QUANTIZED:
             # the plain model answers differently (other lengths), so its cost is compared per call, not per eval
             plain = results["ort-plain"]
             longest = max(r["prefill_ms"], key=int)

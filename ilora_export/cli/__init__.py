@@ -21,6 +21,7 @@ COMMANDS = {
     "finetune": "finetune:finetune",
     "eval": "evaluate:evaluate",
     "onnx": "export:export_onnx",
+    "quantize": "quantize:quantize",
     "verify": "verify:verify",
     "quickstart": "quickstart:quickstart",
     "import-official": "import_official:import_official",

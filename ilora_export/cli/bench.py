@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ilora_export.bench.suite import ROWS
 from ilora_export.cli.options import limit_option, threads_option
 
 
@@ -14,8 +15,8 @@ from ilora_export.cli.options import limit_option, threads_option
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None,
               help="The checkpoint the export came from (default: the path its manifest records).")
-@click.option("--rows", default="torch,ort,ort-input,ort-baked,ort-plain", show_default=True,
-              help="Comma-separated rows to measure.")
+@click.option("--rows", default=",".join(ROWS), show_default=True,
+              help="Comma-separated rows to measure (int8/int4: the export quantized by `ilora-export quantize`).")
 @threads_option
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Repeats of the latency measurements (medians, min/max reported).")

@@ -16,6 +16,8 @@ from ilora_export.cli.options import (
 def format_report(r: dict) -> str:
     lg = r["logits"]
     baked = ", experts baked" if r["bake_experts"] else ""
+    if r.get("quantization"):
+        baked += f", {r['quantization']['bits']}-bit weights: differences are reported, not failed"
     lines = [f"export {r['export']} ({r['dtype']}{baked}) vs checkpoint {r['checkpoint']}"]
     if "prefill_logits_max_abs" in lg:
         lines.append(f"logits max |delta|   prefill {lg['prefill_logits_max_abs']:.2e}   decode "

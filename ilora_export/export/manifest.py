@@ -70,6 +70,19 @@ class ExportInfo:
     def bake_experts(self) -> bool:
         return self.manifest["bake_experts"]
 
+    @property
+    def quantization(self) -> dict | None:
+        """How the decoder's weights were quantized (``ilora-export quantize``), None for float weights."""
+        return self.manifest.get("quantization")
+
+
+def write_manifest(path, manifest: dict) -> None:
+    """Write ``manifest`` as JSON at ``path``, atomically (sorted keys, so diffs stay readable)."""
+    from ilora_export.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
 
 def read_manifest(path, *, verify_files: bool = True) -> ExportInfo:
     path = Path(path)

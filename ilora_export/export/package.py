@@ -22,8 +22,9 @@ from ilora_export.export.manifest import (
     PROMPTS,
     TOKENIZER,
     bank_metadata,
+    write_manifest,
 )
-from ilora_export.fileio import atomic_dir, atomic_path, hash_tree, sha256_file
+from ilora_export.fileio import atomic_dir, hash_tree, sha256_file
 
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
@@ -153,7 +154,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
                                                                          "hidden_size", "num_hidden_layers")}},
             "files": hash_tree(tmp, exclude=MANIFEST),
         }
-        (tmp / MANIFEST).write_text(_json(manifest), encoding="utf-8")
+        write_manifest(tmp / MANIFEST, manifest)
         if validate:
             t = time.perf_counter()
             report = validate_export(tmp, model)
@@ -161,16 +162,9 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
                 f"{report['prefill_logits_max_abs']:.2e}, decode {report['decode_logits_max_abs']:.2e}, "
                 f"greedy tokens agree {report['greedy_token_agreement']:.0%}")
             manifest["validation"] = report
-            with atomic_path(tmp / MANIFEST) as m:
-                m.write_text(_json(manifest), encoding="utf-8")
+            write_manifest(tmp / MANIFEST, manifest)
     say(f"export written to {output} in {time.perf_counter() - t0:.0f} s")
     return Path(output)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def validate_export(export_dir, model, *, threads: int | None = None) -> dict:

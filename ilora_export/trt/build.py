@@ -38,6 +38,9 @@ def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits
     limits = limits or Limits()
     info = read_manifest(export_dir)
     out = Path(output) if output else info.path / "trt"
+    if info.quantization:
+        raise EngineError(f"{info.path} is quantized for onnxruntime (MatMulNBits, a contrib op TensorRT "
+                          "does not parse)", "build engines from the fp32 or fp16 export (--dtype fp16)")
     if fp16 and info.dtype != "float16":
         raise EngineError(f"{info.path} is a {info.dtype} export; --fp16 builds from the fp16 graph",
                           "export it with: ilora-export onnx CHECKPOINT --dtype fp16 -o DIR (strongly typed "

@@ -3,7 +3,7 @@
 import json
 
 from ilora_export.bench.floor import decoder_floor
-from ilora_export.bench.suite import run_bench
+from ilora_export.bench.suite import ROWS, run_bench
 
 
 def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data_dir, tmp_path):
@@ -11,7 +11,7 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     report = run_bench(export, toy_data_dir, checkpoint=ckpt, threads=1, repeats=2, limit=4,
                        prompt_lengths=(16, 32), decode_past=20, decode_steps=3, batch_sizes=(1, 2),
                        output=tmp_path, log=lambda m: None)
-    assert list(report["rows"]) == ["torch", "ort", "ort-input", "ort-baked", "ort-plain"]
+    assert list(report["rows"]) == list(ROWS)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"].keys() == report["rows"].keys()
     for row, r in report["rows"].items():
@@ -22,6 +22,10 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     for row in ("ort", "ort-input", "ort-baked"):
         assert ratios[row]["answers_identical_to_torch_b1"] == ratios[row]["answers_identical_to_torch_b2"] == 4
     assert "decode_cost_vs_plain" in ratios["ort"]
+    # quantized rows are measured and their agreement counted, but not charged to the adapter
+    for row in ("ort-int8", "ort-int4"):
+        assert 0 <= ratios[row]["answers_identical_to_torch_b1"] <= 4 and "decode_cost_vs_plain" not in ratios[row]
+    assert json.loads((tmp_path / "exports" / "int8" / "manifest.json").read_text())["quantization"]["bits"] == 8
     md = (tmp_path / "bench.md").read_text()
     assert "ORT, bank as inputs, folded at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
