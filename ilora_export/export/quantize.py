@@ -11,6 +11,7 @@ evaluates both exports on an evaluation set and reports answer agreement and the
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -46,7 +47,13 @@ def quantize_decoder(source: Path, target: Path, *, bits: int, block_size: int, 
     config = config_cls(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level, bits=bits)
     quantizer = quantizer_cls(model, bits=bits, block_size=block_size, is_symmetric=True,
                               accuracy_level=accuracy_level, algo_config=config)
-    quantizer.process()
+    logger = logging.getLogger("onnxruntime.quantization")  # one INFO line per node otherwise
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        quantizer.process()
+    finally:
+        logger.setLevel(level)
     graph = quantizer.model.model
     count = sum(n.op_type == "MatMulNBits" for n in graph.graph.node)
     if count == 0:

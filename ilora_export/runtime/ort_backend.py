@@ -49,26 +49,23 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _with_constant_inputs(file: Path, constants: dict[str, np.ndarray]) -> bytes:
-    """The graph at ``file`` with the named inputs turned into initializers (weights stay external)."""
+def _with_constant_inputs(file: Path, constants: dict[str, np.ndarray], fuse: bool) -> bytes:
+    """The graph at ``file`` with the named inputs turned into initializers (weights stay external);
+    with ``fuse`` the adapters are also fused into their base projections (``runtime.fuse``)."""
     import onnx
-    from onnx import numpy_helper
+
+    from ilora_export.runtime.fuse import fold_bank
 
     try:
         model = onnx.load(str(file), load_external_data=False)
     except Exception as err:  # noqa: BLE001 (protobuf raises its own DecodeError; any failure is a bad file)
         raise ExportError(f"{file}: onnxruntime cannot load the graph ({type(err).__name__}: {err})"[:300],
                           "the graph is missing or corrupt; export again") from None
-    keep = [i for i in model.graph.input if i.name not in constants]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
-    model.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), name)
-                                   for name, v in constants.items())
-    return model.SerializeToString()
+    return fold_bank(model, constants, fuse=fuse)[0].SerializeToString()
 
 
 def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu",
-                 constants: dict[str, np.ndarray] | None = None):
+                 constants: dict[str, np.ndarray] | None = None, fuse: bool = False):
     """An InferenceSession whose inputs/outputs are checked against ``contract``.
 
     ``constants`` turns those graph inputs into initializers of this session (folded and prepacked by
@@ -78,7 +75,7 @@ def open_session(file: Path, contract, *, threads: int | None = None, device: st
     options = session_options(threads)
     source: str | bytes = str(file)
     if constants:
-        source = _with_constant_inputs(file, constants)
+        source = _with_constant_inputs(file, constants, fuse)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(file.parent))
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
@@ -97,11 +94,15 @@ def open_session(file: Path, contract, *, threads: int | None = None, device: st
 class OrtBackend:
     """Encoder and decoder sessions of a loaded export; ``bank`` swaps in another expert bank file.
 
-    ``bank_mode``: "session" (default) folds the bank into the decoder session when it is created, so
-    onnxruntime constant-folds the per-layer slices and prepacks the LoRA weights as for a baked graph,
-    while the bank still comes from ``bank.safetensors`` (or ``bank``); "input" binds it as OrtValues on
-    every call (the graph's own interface, one session for any number of banks).
+    ``bank_mode``: "session" (default) folds the bank into the decoder session when it is created and
+    fuses each group of adapters into its base projections (``runtime.fuse``: one small MatMul, Mul and
+    Concat per group instead of two MatMuls, two Muls and an Add per projection), while the bank still
+    comes from ``bank.safetensors`` (or ``bank``); "folded" folds it without fusing (onnxruntime then
+    constant-folds the per-layer slices, as for a baked graph); "input" binds it as OrtValues on every
+    call (the graph's own interface, one session for any number of banks).
     """
+
+    BANK_MODES = ("session", "folded", "input")
 
     name = "ort"
 
@@ -114,8 +115,8 @@ class OrtBackend:
         self.embeddings = export.embeddings  # [V, H]
         self.device = device
         self.ort_device = "cuda" if device == "cuda" else "cpu"
-        if bank_mode not in ("session", "input"):
-            raise ValueError(f"bank_mode must be 'session' or 'input', not {bank_mode!r}")
+        if bank_mode not in self.BANK_MODES:
+            raise ValueError(f"bank_mode must be one of {self.BANK_MODES}, not {bank_mode!r}")
         tensors: dict[str, np.ndarray] = {}
         if not info.bake_experts:
             tensors = {f"bank.{k}": v for k, v in read_bank(Path(bank) if bank else info.path / BANK, info).items()}
@@ -124,7 +125,8 @@ class OrtBackend:
                               "export without --bake-experts to swap expert banks")
         self.encoder = open_session(info.path / info.encoder.file, info.encoder, threads=threads, device=device)
         self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device,
-                                    constants=tensors if bank_mode == "session" else None)
+                                    constants=tensors if bank_mode != "input" else None,
+                                    fuse=bank_mode == "session")
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
         self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)

@@ -1,0 +1,185 @@
+"""Fold a known expert bank into the decoder graph and fuse each adapter into its base projection.
+
+With the bank known when the session is created, every MoE-LoRA projection of the exported graph::
+
+    y = x W + s * ((x A_l) * g_r) B_l          # x [B, S, in], A_l [in, r], B_l [r, out], g_r [B, 1, r]
+
+is rewritten per group of projections that read the same ``x`` (q/k/v; gate/up; o; down)::
+
+    h  = (x [A_1 .. A_n]) * [g_r .. g_r]                     # [B, S, n r]: one MatMul, one Mul
+    y_i = concat(x, h) [[W_i], [0 .. s B_i .. 0]]             # the base MatMul, n r rows longer
+
+so the adapter costs one small MatMul, one Mul and one Concat per group instead of two MatMuls, two
+Muls and an Add per projection (per token, that is most of its cost on a CPU). The stacked weights
+``[[W_i], [s B_i]]`` are ``Concat`` nodes over initializers, folded by onnxruntime once at load. The
+gate stays an input: the result is exact up to float summation order.
+
+A projection that does not match the pattern exactly is left as it is (still correct, just unfused).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+BANK_PREFIX = "bank."
+
+
+@dataclass
+class _Adapter:
+    x: str  # the projection's input
+    gate: str  # g_r [B, 1, r]
+    a: np.ndarray  # [in, r]
+    b: np.ndarray  # [r, out], scaling folded in
+    base_weight: str  # initializer [in, out]
+    output: str  # the Add's output (the projection's result)
+    nodes: list  # the nodes this adapter replaces (base MatMul included)
+
+
+def _constant_values(graph) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {}
+    for init in graph.initializer:
+        if not init.external_data and init.name:  # small constants only; weights stay where they are
+            values[init.name] = numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _match(graph, bank: dict[str, np.ndarray]) -> list[_Adapter]:
+    from onnx import TensorProto
+
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    consts = _constant_values(graph)
+    float_inits = {i.name: i for i in graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+
+    def only(name, op):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def bank_slice(name):  # Gather(bank.<key>, layer) -> the numpy slice
+        g = producer.get(name)
+        if g is None or g.op_type != "Gather" or g.input[0] not in bank or g.input[1] not in consts:
+            return None, None
+        if any(a.name == "axis" and a.i != 0 for a in g.attribute) or consts[g.input[1]].ndim != 0:
+            return None, None
+        return g, bank[g.input[0]][int(consts[g.input[1]])]
+
+    found = []
+    for key in (k for k in bank if k.startswith(BANK_PREFIX + "lora_A.")):
+        for gather_a in consumers.get(key, []):
+            if gather_a.op_type != "Gather":
+                continue
+            mm_a = only(gather_a.output[0], "MatMul")
+            if mm_a is None or mm_a.input[1] != gather_a.output[0]:
+                continue
+            _, a = bank_slice(gather_a.output[0])
+            mul_g = only(mm_a.output[0], "Mul")
+            mm_b = mul_g and only(mul_g.output[0], "MatMul")
+            mul_s = mm_b and only(mm_b.output[0], "Mul")
+            add = mul_s and only(mul_s.output[0], "Add")
+            if a is None or add is None or mm_b.input[0] != mul_g.output[0]:
+                continue
+            gather_b, b = bank_slice(mm_b.input[1])
+            gate = mul_g.input[1] if mul_g.input[0] == mm_a.output[0] else mul_g.input[0]
+            scale = mul_s.input[1] if mul_s.input[0] == mm_b.output[0] else mul_s.input[0]
+            base_out = add.input[0] if add.input[1] == mul_s.output[0] else add.input[1]
+            base = producer.get(base_out)
+            if (b is None or scale not in consts or consts[scale].size != 1 or base is None
+                    or base.op_type != "MatMul" or base.input[0] != mm_a.input[0]
+                    or base.input[1] not in float_inits or len(consumers[base_out]) != 1
+                    or len(consumers[gather_b.output[0]]) != 1 or len(float_inits[base.input[1]].dims) != 2):
+                continue
+            found.append(_Adapter(x=mm_a.input[0], gate=gate, a=a, b=b * consts[scale].reshape(()),
+                                  base_weight=base.input[1], output=add.output[0],
+                                  nodes=[gather_a, mm_a, mul_g, gather_b, mm_b, mul_s, add, base]))
+    return found
+
+
+def fold_bank(model, bank: dict[str, np.ndarray], *, fuse: bool = True):
+    """``model`` (an onnx ModelProto of the decoder) with ``bank`` folded in and, with ``fuse``, the
+    adapters fused into their base projections; returns (model, number of projections fused).
+
+    ``bank`` maps graph input names (``bank.lora_A.<proj>`` ...) to their values; those inputs become
+    initializers.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    adapters = _match(graph, bank) if fuse else []
+    keep = [i for i in graph.input if i.name not in bank]
+    del graph.input[:]
+    graph.input.extend(keep)
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in bank.items())
+    if not adapters:
+        return model, 0
+    dtypes = {i.name: helper.tensor_dtype_to_np_dtype(i.data_type) for i in graph.initializer}
+    groups: dict[tuple[str, str], list[_Adapter]] = defaultdict(list)
+    for ad in adapters:
+        groups[(ad.x, ad.gate)].append(ad)
+    removed = {id(n) for ad in adapters for n in ad.nodes}
+    new_nodes, new_inits, tiled = [], [], {}
+    for gi, ((x, gate), members) in enumerate(groups.items()):
+        n, r = len(members), members[0].a.shape[1]
+        dtype = dtypes[members[0].base_weight]
+        name = f"ilora_fused_{gi}"
+        new_inits.append(numpy_helper.from_array(
+            np.concatenate([ad.a for ad in members], axis=1).astype(dtype), f"{name}.A"))  # [in, n r]
+        if n not in tiled:
+            tiled[n] = gate if n == 1 else f"ilora_gate_x{n}"
+            if n > 1:
+                new_nodes.append(helper.make_node("Concat", [gate] * n, [tiled[n]], axis=-1))  # [B, 1, n r]
+        new_nodes += [helper.make_node("MatMul", [x, f"{name}.A"], [f"{name}.h"]),  # [B, S, n r]
+                      helper.make_node("Mul", [f"{name}.h", tiled[n]], [f"{name}.hg"]),
+                      helper.make_node("Concat", [x, f"{name}.hg"], [f"{name}.xh"], axis=-1)]  # [B, S, in + n r]
+        for i, ad in enumerate(members):
+            rows = np.zeros((n * r, ad.b.shape[1]), dtype)  # [n r, out]: only this projection's slice
+            rows[i * r:(i + 1) * r] = ad.b
+            new_inits.append(numpy_helper.from_array(rows, f"{name}.B{i}"))
+            new_nodes += [helper.make_node("Concat", [ad.base_weight, f"{name}.B{i}"], [f"{name}.W{i}"], axis=0),
+                          helper.make_node("MatMul", [f"{name}.xh", f"{name}.W{i}"], [ad.output])]
+    nodes = [nd for nd in graph.node if id(nd) not in removed] + new_nodes
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input}
+                                   | {i.name for i in graph.initializer} | {i.name for i in new_inits}))
+    graph.initializer.extend(new_inits)
+    names = {o for nd in graph.node for o in nd.output}
+    stale = [v for v in graph.value_info if v.name not in names]
+    for v in stale:
+        graph.value_info.remove(v)
+    return model, len(adapters)
+
+
+def _topological(nodes, available: set[str]) -> list:
+    """Kahn's order, stable: each node after the producers of its inputs."""
+    producer = {o: k for k, nd in enumerate(nodes) for o in nd.output}
+    waiting = [sum(1 for i in set(nd.input) if i and i not in available and i in producer) for nd in nodes]
+    users = defaultdict(list)
+    for k, nd in enumerate(nodes):
+        for i in set(nd.input):
+            if i and i not in available and i in producer:
+                users[producer[i]].append(k)
+    import heapq
+
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(nodes[k])
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise RuntimeError("fusing the expert bank produced a cycle")  # a bug, not a user error
+    return order

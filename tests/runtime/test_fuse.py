@@ -1,0 +1,74 @@
+"""Folding the expert bank into the decoder and fusing the adapters into their base projections."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from ilora_export.export.load import load_export
+from ilora_export.export.manifest import BANK, read_bank
+from ilora_export.runtime.generator import positions_from_mask
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[test])")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
+
+
+def _graph_and_bank(export_dir):
+    from ilora_export.runtime.fuse import fold_bank
+
+    info = load_export(export_dir).info
+    bank = {f"bank.{k}": v for k, v in read_bank(info.path / BANK, info).items()}
+    return onnx.load(str(info.path / "decoder.onnx"), load_external_data=False), bank, info, fold_bank
+
+
+def test_every_projection_is_fused_and_the_bank_becomes_constant(tiny_export):
+    _, export = tiny_export
+    model, bank, info, fold_bank = _graph_and_bank(export)
+    before = collections.Counter(n.op_type for n in model.graph.node)
+    fused, count = fold_bank(model, bank)
+    after = collections.Counter(n.op_type for n in fused.graph.node)
+    layers, groups = info.shape.num_layers, 4  # q/k/v, o, gate/up, down
+    assert count == 7 * layers
+    assert not any(i.name.startswith("bank.") for i in fused.graph.input)
+    # per projection: its base MatMul plus the adapter's two MatMuls, two Muls and Add ...
+    # ... become per group one MatMul (A), one Mul (gate), one Concat, and the projection's own MatMul
+    assert before["MatMul"] - after["MatMul"] == 7 * layers * 2 - groups * layers
+    assert after["Add"] == before["Add"] - 7 * layers
+
+
+def test_unfused_fold_only_turns_the_bank_into_initializers(tiny_export):
+    _, export = tiny_export
+    model, bank, _, fold_bank = _graph_and_bank(export)
+    nodes = len(model.graph.node)
+    folded, count = fold_bank(model, bank, fuse=False)
+    assert count == 0 and len(folded.graph.node) == nodes
+    assert set(bank) <= {i.name for i in folded.graph.initializer}
+
+
+def test_fused_session_matches_the_graph_with_the_bank_as_inputs(tiny_export):
+    from ilora_export.runtime.ort_backend import OrtBackend
+
+    _, export_dir = tiny_export
+    export = load_export(export_dir)
+    k = export.info.shape.num_experts
+    rng = np.random.default_rng(1)
+    gate = rng.dirichlet(np.ones(k), size=2).astype(np.float32)  # a different mixture per row
+    ids = rng.integers(1, 200, size=(2, 9))
+    mask = np.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+
+    def run(mode):
+        be = OrtBackend(export, threads=1, bank_mode=mode)
+        m = mask
+        logits, state = be.step(be.embed(ids), m, positions_from_mask(m), gate, None)
+        steps = [logits]
+        for _ in range(2):  # decode on the model's own greedy tokens
+            m = np.concatenate([m, np.ones((2, 1), m.dtype)], 1)
+            logits, state = be.step(be.embed(logits.argmax(-1)[:, None]), m, positions_from_mask(m)[:, -1:],
+                                    gate, state)
+            steps.append(logits)
+        return steps
+
+    for a, b in zip(run("session"), run("input")):
+        assert np.abs(a - b).max() <= 1e-4
+        assert (a.argmax(-1) == b.argmax(-1)).all()
