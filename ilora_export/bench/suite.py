@@ -1,10 +1,11 @@
 """``run_bench``: every row measured in its own process, one after the other, on the same machine.
 
 Rows: PyTorch eager (the reference: the checkpoint through the HF forward with its DynamicCache),
-ORT over the default export (expert bank as graph inputs) with the bank folded into the session at
-load (the default) and bound per call, ORT over an export with the bank baked, and ORT running the
-plain base model behind the same interface (what the expert bank costs). Results: JSON, a Markdown
-table and, with matplotlib installed, a PNG plot.
+ORT over the default export (expert bank as graph inputs) with the bank folded into the session and
+the adapters fused at load (the default), folded only, and bound per call; ORT over an export with the
+bank baked; ORT running the plain base model behind the same interface (what the expert bank costs);
+and the export quantized to int8 / int4 weights (opt-in edge path, answers counted against the
+reference). Results: JSON, a Markdown table and, with matplotlib installed, a PNG plot.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
 
-ROWS = ("torch", "ort", "ort-input", "ort-baked", "ort-plain", "ort-int8", "ort-int4")
-LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank as inputs, folded at load (default)",
+ROWS = ("torch", "ort", "ort-folded", "ort-input", "ort-baked", "ort-plain", "ort-int8", "ort-int4")
+LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank folded and fused at load (default)",
+          "ort-folded": "ORT, bank folded at load, not fused",
           "ort-input": "ORT, bank as inputs, bound per call", "ort-baked": "ORT, bank baked at export",
           "ort-plain": "ORT, plain base model (no adapter)",
           "ort-int8": "ORT, int8 weights (bank fp32), opt-in", "ort-int4": "ORT, int4 weights (bank fp32), opt-in"}
@@ -105,7 +107,9 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         raise IloraError(f"unknown benchmark rows {unknown}", f"choose from {', '.join(ROWS)}")
     ckpt = Path(checkpoint) if checkpoint else Path(info.manifest["source"]["checkpoint"])
     cache = output / "exports"
-    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path), "ort-input": ("ort", info.path)}
+    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path), "ort-folded": ("ort", info.path),
+               "ort-input": ("ort", info.path)}
+    bank_modes = {"ort-folded": "folded", "ort-input": "input"}
     for kind in ("baked", "plain", *QUANTIZED):
         if f"ort-{kind}" in rows:
             targets[f"ort-{kind}"] = ("ort", _variant(info, kind, cache, log))
@@ -121,7 +125,7 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         with tempfile.TemporaryDirectory() as tmp:
             spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
             spec_file.write_text(json.dumps(base | {"backend": backend, "target": str(target),
-                                                    "bank_mode": "input" if row == "ort-input" else "session"}))
+                                                    "bank_mode": bank_modes.get(row, "session")}))
             env = os.environ | {"OMP_NUM_THREADS": str(threads)}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],

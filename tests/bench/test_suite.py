@@ -19,7 +19,7 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
         assert r["peak_rss_mb"] > 0 and r["eval"]["2"]["rows"] == 4
     ratios = report["ratios"]
     # the deployed variants answer exactly as the reference; the plain model is a different model
-    for row in ("ort", "ort-input", "ort-baked"):
+    for row in ("ort", "ort-folded", "ort-input", "ort-baked"):
         assert ratios[row]["answers_identical_to_torch_b1"] == ratios[row]["answers_identical_to_torch_b2"] == 4
     assert "decode_cost_vs_plain" in ratios["ort"]
     # quantized rows are measured and their agreement counted, but not charged to the adapter
@@ -27,7 +27,7 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
         assert 0 <= ratios[row]["answers_identical_to_torch_b1"] <= 4 and "decode_cost_vs_plain" not in ratios[row]
     assert json.loads((tmp_path / "exports" / "int8" / "manifest.json").read_text())["quantization"]["bits"] == 8
     md = (tmp_path / "bench.md").read_text()
-    assert "ORT, bank as inputs, folded at load (default)" in md and "floor (this machine)" in md
+    assert "ORT, bank folded and fused at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
 
 
