@@ -77,3 +77,32 @@ def make_tiny_checkpoint(llama_dir, data_dir, out, **kwargs):
     catalogue = load_dataset(data_dir).catalogue
     return save_checkpoint(model, out, base_model_ref=str(llama_dir), base_model_dir=Path(llama_dir),
                            catalogue=catalogue, templates=default_templates())
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (as when the machine running them dies).
+
+    Walks /proc, so it also reaches processes that left the process group (a local Ray instance's
+    raylet and its workers)."""
+    import os
+    import signal
+    from collections import defaultdict
+
+    for _ in range(2):  # a second pass for anything spawned during the first
+        children = defaultdict(list)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(stat.parent.name))
+        tree, todo = [pid], [pid]
+        while todo:
+            for child in children[todo.pop()]:
+                tree.append(child)
+                todo.append(child)
+        for p in tree:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -45,19 +45,38 @@ def format_summary(s: dict) -> str:
 @click.option("--bank", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="ort: another expert bank (bank.safetensors of a compatible export) instead of the export's.")
 @output_option
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per result shard under -o (default 64). A killed run resumes at the first "
+                   "unfinished shard when run again with the same arguments.")
+@click.option("--restart", is_flag=True, help="Discard the shards already in -o and evaluate from scratch.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Evaluate the shards on Ray Data actors (one onnxruntime session each; needs -o, "
+                   "--backend ort and `pip install ilora-export[ray]`).")
+@click.option("--address", default=None,
+              help="Ray cluster address (default: a local Ray instance on this machine, or RAY_ADDRESS).")
+@click.option("--num-workers", type=click.IntRange(min=1), default=None,
+              help="Ray actors (default: the cluster's CPUs / --threads).")
 def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
-             base_model, threads, bank, output):
+             base_model, threads, bank, output, shard_rows, restart, use_ray, address, num_workers):
     """Evaluate TARGET: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
 
     TARGET is a checkpoint folder (--backend torch) or an export folder from `ilora-export onnx`
     (--backend ort). Both run the same generator, so their answers can be compared row by row.
-    Writes predictions.csv, summary.json and the evaluation set used into -o OUTPUT.
+    With -o OUTPUT the results are written shard by shard (Parquet, OUTPUT/shards/), then
+    predictions.csv, summary.json and the evaluation set used; rerunning the same command after a
+    crash or a kill keeps the finished shards and evaluates only the rest.
+
+    \b
+    Examples:
+      ilora-export eval runs/lastfm-smollm2/onnx --backend ort --data DIR -o results/
+      ilora-export eval runs/lastfm-smollm2/onnx --backend ort --data DIR -o results/ --ray --num-workers 2
     """
     from ilora_export.eval.reference import run_eval
 
     summary = run_eval(target, data_dir, split, backend=backend, device=device, batch_size=batch_size,
                        limit=limit, output=output, seed=seed, eval_set=eval_set, prompt_file=prompt_file,
-                       base_model=base_model, threads=threads, bank=bank)
+                       base_model=base_model, threads=threads, bank=bank, shard_rows=shard_rows,
+                       restart=restart, ray=use_ray, address=address, num_workers=num_workers)
     click.echo(format_summary(summary))
     if output:
         click.echo(f"results: {output}")

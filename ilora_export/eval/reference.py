@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ilora_export.data.evalset import EvalSet
 from ilora_export.errors import DataError, IloraError
-from ilora_export.eval.metrics import judge, summarize
-from ilora_export.fileio import atomic_path
+from ilora_export.eval.metrics import Judgement, judge, summarize
+from ilora_export.fileio import atomic_path, sha256_file
 from ilora_export.model.generate import MAX_NEW_TOKENS
 from ilora_export.runtime.generator import greedy_generate
 
@@ -39,18 +39,27 @@ def evaluate_backend(backend, assets, evalset: EvalSet, *, batch_size: int = 8, 
 
     ``assets`` (a PromptAssets) supplies the tokenizer, catalogue, templates and token ids.
     """
+    with tqdm(total=len(evalset.rows), desc=f"eval ({backend.name})", unit="row", disable=not progress) as bar:
+        records = answer_rows(backend, assets, evalset.rows, batch_size=batch_size, templates=templates,
+                              max_new_tokens=max_new_tokens, on_batch=bar.update,
+                              where=f"evaluation set ({evalset.split})")
+    return EvalOutput(records, summarize_records(records, evalset))
+
+
+def answer_rows(backend, assets, rows, *, batch_size: int = 8, templates=None, max_new_tokens: int = MAX_NEW_TOKENS,
+                on_batch=None, where: str = "evaluation set") -> list[dict]:
+    """One record per row of ``rows`` (EvalRows), in their order: the greedy answer, its judgement, the
+    SASRec pick. Rows are batched by prompt length; the answers do not depend on the batching."""
     catalogue = assets.catalogue
-    for row in evalset.rows:  # a silent wrong title is never shown: ids must exist in the model's catalogue
-        catalogue.check_ids([*row.seq[:row.len_seq], row.target, *row.candidates],
-                            f"evaluation set ({evalset.split}), row {row.row_id}")
+    for row in rows:  # a silent wrong title is never shown: ids must exist in the model's catalogue
+        catalogue.check_ids([*row.seq[:row.len_seq], row.target, *row.candidates], f"{where}, row {row.row_id}")
     encoder = assets.encoder(templates)
     stop = assets.stop_rule()
-    examples = [encoder.encode(r.seq, r.len_seq, r.candidates) for r in evalset.rows]
+    examples = [encoder.encode(r.seq, r.len_seq, r.candidates) for r in rows]
     # Length bucketing: rows of similar prompt length share a batch (answers do not depend on it).
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     answers: dict[int, str] = {}
     sasrec_pick: dict[int, int] = {}
-    bar = tqdm(total=len(examples), desc=f"eval ({backend.name})", unit="row", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = encoder.collate([examples[i] for i in idx])
@@ -59,24 +68,28 @@ def evaluate_backend(backend, assets, evalset: EvalSet, *, batch_size: int = 8, 
         for i, ids, pick in zip(idx, gen.tokens, picks.tolist()):
             answers[i] = stop.first_line(ids)
             sasrec_pick[i] = pick
-        bar.update(len(idx))
-    bar.close()
+        if on_batch is not None:
+            on_batch(len(idx))
 
-    records, judgements, sasrec_hits = [], [], 0
-    for i, row in enumerate(evalset.rows):
+    records = []
+    for i, row in enumerate(rows):
         titles = [catalogue.title(c) for c in row.candidates]
         j = judge(answers[i], catalogue.title(row.target), titles)
-        judgements.append(j)
-        sasrec_hits += sasrec_pick[i] == row.target
         records.append({"row_id": row.row_id, "answer": answers[i], "target": catalogue.title(row.target),
                         "target_id": row.target, "valid": j.valid, "correct": j.correct,
                         "sasrec_pick": sasrec_pick[i], "candidates": json.dumps(titles, ensure_ascii=False),
                         "candidate_ids": json.dumps(list(row.candidates))})
-    summary = summarize(judgements) | {
-        "sasrec_hit_ratio@1": sasrec_hits / len(evalset.rows) if evalset.rows else 0.0,
-        "split": evalset.split, "seed": evalset.seed, "num_candidates": len(evalset.rows[0].candidates),
+    return records
+
+
+def summarize_records(records: list[dict], evalset: EvalSet) -> dict:
+    """ValidRatio, HitRatio@1 and the SASRec baseline over ``records`` (from :func:`answer_rows`)."""
+    judgements = [Judgement(bool(r["valid"]), bool(r["correct"]), None) for r in records]
+    sasrec_hits = sum(r["sasrec_pick"] == r["target_id"] for r in records)
+    return summarize(judgements) | {
+        "sasrec_hit_ratio@1": sasrec_hits / len(records) if records else 0.0,
+        "split": evalset.split, "seed": evalset.seed, "num_candidates": evalset.num_candidates,
     }
-    return EvalOutput(records, summary)
 
 
 def evaluate_model(loaded, evalset: EvalSet, *, device: str = "cpu", **kwargs) -> EvalOutput:
@@ -149,31 +162,96 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
 def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", device: str = "cpu",
              batch_size: int = 8, limit: int | None = None, output=None, seed: int = 0,
              eval_set=None, prompt_file=None, base_model: str | None = None, threads: int | None = None,
-             bank=None, progress: bool = True) -> dict:
+             bank=None, progress: bool = True, shard_rows: int | None = None, restart: bool = False,
+             ray: bool = False, address: str | None = None, num_workers: int | None = None) -> dict:
     """Open a checkpoint (torch) or export (ort), materialize (or read) the evaluation set, evaluate,
     write results. This is the library call behind ``ilora-export eval``. Returns the summary dict.
+
+    With ``output`` the results are written per shard of ``shard_rows`` rows (``eval.shards``), so a
+    killed run resumes where it stopped; ``ray`` evaluates the shards on Ray Data actors (local when no
+    ``address``), ``num_workers`` of them.
     """
-    from ilora_export.data.evalset import load_or_build_eval_set, write_eval_set
+    from ilora_export.data.evalset import load_or_build_eval_set
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import load_prompt_file
 
+    if ray and output is None:
+        raise IloraError("--ray writes its results per shard into an output folder", "add -o OUTPUT_DIR")
+    if ray and backend != "ort":
+        raise IloraError(f"--ray runs the ort backend (not {backend})", "export first and pass --backend ort")
     dataset = load_dataset(data_dir)
     evalset = load_or_build_eval_set(dataset, split, seed, Path(eval_set) if eval_set else None)
     if limit is not None:
         evalset.rows = evalset.rows[:limit]
-    runner, assets = open_backend(target, backend, device=device, base_model=base_model, threads=threads,
-                                  bank=bank)
+    templates = load_prompt_file(prompt_file) if prompt_file else None
+    extra = {"backend": backend, "device": device, "batch_size": batch_size, "target": str(target),
+             "data": str(data_dir), "threads": threads or torch.get_num_threads()}
+    t0 = time.perf_counter()
+    if output is None:
+        runner, assets = open_backend(target, backend, device=device, base_model=base_model, threads=threads,
+                                      bank=bank)
+        _check_catalogue(dataset, assets, data_dir)
+        out = evaluate_backend(runner, assets, evalset, batch_size=batch_size, progress=progress,
+                               templates=templates)
+        return out.summary | extra | {"wall_seconds": round(time.perf_counter() - t0, 2)}
+
+    from ilora_export.data.evalset import write_eval_set
+    from ilora_export.eval.shards import DEFAULT_SHARD_ROWS, ShardStore, plan_shards, target_identity
+
+    output = Path(output)
+    shard_rows = shard_rows or DEFAULT_SHARD_ROWS
+    identity = {"model": target_identity(target, bank), "backend": backend, "device": device,
+                "evalset_sha256": _eval_set_sha256(evalset), "shard_rows": shard_rows,
+                "prompt_file_sha256": sha256_file(prompt_file) if prompt_file else None}
+    store = ShardStore(output, identity, plan_shards(len(evalset.rows), shard_rows),
+                       [r.row_id for r in evalset.rows])
+    store.open(restart=restart)
+    write_eval_set(evalset, output / EVALSET)
+    pending = store.pending()
+    done_rows = len(evalset.rows) - sum(store.plan[k][1] - store.plan[k][0] for k in pending)
+    bar = tqdm(total=len(evalset.rows), initial=done_rows, desc=f"eval ({backend}{', ray' if ray else ''})",
+               unit="row", disable=not progress)
+    if pending and ray:
+        from ilora_export.eval.distributed import ray_evaluate
+
+        _check_catalogue(dataset, _assets_of(target), data_dir)
+        extra |= ray_evaluate(store, target, pending, address=address, num_workers=num_workers, threads=threads,
+                              bank=bank, batch_size=batch_size, prompt_file=prompt_file, on_rows=bar.update)
+    elif pending:
+        from ilora_export.eval.shards import evaluate_pending
+
+        runner, assets = open_backend(target, backend, device=device, base_model=base_model, threads=threads,
+                                      bank=bank)
+        _check_catalogue(dataset, assets, data_dir)
+        evaluate_pending(store, lambda pos: answer_rows(runner, assets, [evalset.rows[i] for i in pos],
+                                                        batch_size=batch_size, templates=templates,
+                                                        on_batch=bar.update))
+    bar.close()
+    records, shards = store.collect()
+    summary = summarize_records(records, evalset) | extra | {
+        "wall_seconds": round(time.perf_counter() - t0, 2), "shards": len(shards), "shard_rows": shard_rows,
+        "shards_resumed": len(store.plan) - len(pending), "ray": ray}
+    write_eval_output(EvalOutput(records, summary), output)
+    return summary
+
+
+def _check_catalogue(dataset, assets, data_dir) -> None:
     if dataset.catalogue.num_items != assets.catalogue.num_items:
         raise DataError(f"{data_dir}: catalogue has {dataset.catalogue.num_items} items, the model's "
                         f"{assets.catalogue.num_items}", "evaluate with the dataset the model was trained on")
-    templates = load_prompt_file(prompt_file) if prompt_file else None
-    t0 = time.perf_counter()
-    out = evaluate_backend(runner, assets, evalset, batch_size=batch_size, progress=progress, templates=templates)
-    wall = time.perf_counter() - t0
-    extra = {"backend": backend, "device": device, "batch_size": batch_size, "wall_seconds": round(wall, 2),
-             "target": str(target), "data": str(data_dir), "threads": threads or torch.get_num_threads()}
-    out.summary |= extra
-    if output is not None:
-        write_eval_output(out, output)
-        write_eval_set(evalset, Path(output) / EVALSET)
-    return out.summary
+
+
+def _assets_of(target):
+    from ilora_export.export.load import load_export
+
+    return load_export(target).assets
+
+
+def _eval_set_sha256(evalset: EvalSet) -> str:
+    import tempfile
+
+    from ilora_export.data.evalset import write_eval_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_eval_set(evalset, Path(tmp) / EVALSET)
+        return sha256_file(path)

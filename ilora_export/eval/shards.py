@@ -1,0 +1,180 @@
+"""Sharded, resumable evaluation output: one Parquet file per shard of the evaluation set.
+
+::
+
+    OUT/
+      run.json                 what is being evaluated (target, backend, eval set, shard size) + fingerprint
+      evalset.jsonl            the materialized evaluation set (the rows every shard indexes)
+      shards/shard-00000.parquet ...   one record per row, with the shard's row ids in its metadata
+      predictions.csv, summary.json    written once every shard is in, from the shards
+
+A shard file appears atomically (written beside, then renamed), so a killed run leaves only whole
+shards; the next run with the same ``run.json`` skips them. A run with another target or evaluation
+set refuses to mix its results into the folder. The summary is built from the shard files and checks
+that every row of the evaluation set appears exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ilora_export.errors import IloraError
+from ilora_export.fileio import atomic_path, sha256_file
+
+RUN = "run.json"
+SHARDS = "shards"
+META_KEY = b"ilora_export.shard"
+DEFAULT_SHARD_ROWS = 64
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise IloraError("sharded evaluation output needs pyarrow", "pip install pyarrow") from None
+    return pyarrow
+
+
+def plan_shards(num_rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    """[start, end) positions in the evaluation set, one pair per shard."""
+    if shard_rows < 1:
+        raise IloraError(f"--shard-rows must be >= 1, got {shard_rows}", "64 is a good default")
+    return [(s, min(s + shard_rows, num_rows)) for s in range(0, num_rows, shard_rows)]
+
+
+def target_identity(target, bank=None) -> dict:
+    """What answers depend on in a model folder: the sha256 of its index file (which hashes the rest)."""
+    target = Path(target)
+    for index in ("manifest.json", "config.json", "engines.json"):
+        if (target / index).is_file():
+            ident = {"target": str(target.resolve()), "index": index, "sha256": sha256_file(target / index)}
+            break
+    else:
+        raise IloraError(f"{target}: neither a checkpoint, an export nor an engines folder",
+                         "pass the folder written by finetune, onnx or trt")
+    if bank is not None:
+        ident["bank_sha256"] = sha256_file(bank)
+    return ident
+
+
+@dataclass
+class ShardStore:
+    """The shard files of one evaluation run in ``root`` (see the module docstring)."""
+
+    root: Path
+    identity: dict  # target, backend, eval set hash, shard size ...
+    plan: list[tuple[int, int]]
+    row_ids: list[int]  # the eval set's row ids, in its order
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+
+    def path(self, index: int) -> Path:
+        return self.root / SHARDS / f"shard-{index:05d}.parquet"
+
+    def expected_ids(self, index: int) -> list[int]:
+        start, end = self.plan[index]
+        return self.row_ids[start:end]
+
+    def open(self, *, restart: bool = False) -> None:
+        """Create or reopen the folder; refuses one that holds another evaluation unless ``restart``."""
+        run = self.root / RUN
+        if run.is_file() and not restart:
+            try:
+                old = json.loads(run.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old.get("fingerprint") != self.fingerprint:
+                differ = sorted(k for k in set(old.get("identity", {})) | set(self.identity)
+                                if old.get("identity", {}).get(k) != self.identity.get(k))
+                raise IloraError(f"{self.root} holds results of another evaluation (differs in: "
+                                 f"{', '.join(differ) or 'format'})",
+                                 "write to another -o folder, or pass --restart to discard those results")
+        shards = self.root / SHARDS
+        if restart and shards.is_dir():
+            for f in shards.glob("shard-*.parquet"):
+                f.unlink()
+        shards.mkdir(parents=True, exist_ok=True)
+        for stale in shards.glob(".shard-*.tmp-*"):  # a write cut short by a kill
+            stale.unlink()
+        with atomic_path(run) as tmp:
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "identity": self.identity,
+                                       "shards": len(self.plan), "rows": len(self.row_ids)}, indent=2) + "\n",
+                           encoding="utf-8")
+
+    def read(self, index: int) -> tuple[dict, list[dict]] | None:
+        """(metadata, records) of a finished shard, None when absent or not this run's / incomplete."""
+        pa = _pyarrow()
+        path = self.path(index)
+        if not path.is_file():
+            return None
+        try:
+            table = pa.parquet.read_table(path)
+            meta = json.loads(table.schema.metadata[META_KEY])
+        except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
+            return None
+        records = table.to_pylist()
+        ids = self.expected_ids(index)
+        if (meta.get("fingerprint") != self.fingerprint or meta.get("row_ids") != ids
+                or [r["row_id"] for r in records] != ids):
+            return None
+        return meta, records
+
+    def pending(self) -> list[int]:
+        """Shards still to evaluate (absent, unreadable or not matching this run)."""
+        return [k for k in range(len(self.plan)) if self.read(k) is None]
+
+    def write(self, index: int, records: list[dict], seconds: float, worker: str = "") -> None:
+        pa = _pyarrow()
+        ids = self.expected_ids(index)
+        if [r["row_id"] for r in records] != ids:
+            raise RuntimeError(f"shard {index}: records do not match its row ids")  # a bug
+        meta = {"index": index, "row_ids": ids, "fingerprint": self.fingerprint, "seconds": seconds,
+                "worker": worker}
+        table = pa.Table.from_pylist(records).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+        with atomic_path(self.path(index)) as tmp:
+            pa.parquet.write_table(table, tmp)
+
+    def collect(self) -> tuple[list[dict], list[dict]]:
+        """(records in eval-set order, shard metadata); every row exactly once, or IloraError."""
+        records, metas, missing = [], [], []
+        for k in range(len(self.plan)):
+            got = self.read(k)
+            if got is None:
+                missing.append(k)
+                continue
+            metas.append(got[0])
+            records += got[1]
+        extra = sorted(p.name for p in (self.root / SHARDS).glob("shard-*.parquet")
+                       if int(p.stem.split("-")[1]) >= len(self.plan))
+        if missing or extra:
+            raise IloraError(f"{self.root}: shards {missing or ''} missing{', extra files ' + str(extra) if extra else ''}",
+                             "run the same command again to finish (finished shards are kept)")
+        seen = [r["row_id"] for r in records]
+        if seen != self.row_ids or len(set(seen)) != len(seen):
+            raise IloraError(f"{self.root}: the shards do not cover the evaluation set exactly once",
+                             "pass --restart to evaluate again from scratch")
+        return records, metas
+
+
+def evaluate_pending(store: ShardStore, evaluate: Callable[[list[int]], list[dict]],
+                     on_shard: Callable[[int, int], None] | None = None, worker: str = "") -> int:
+    """Evaluate every pending shard in this process with ``evaluate(positions) -> records``; returns
+    how many were evaluated."""
+    import time
+
+    todo = store.pending()
+    for k in todo:
+        start, end = store.plan[k]
+        t0 = time.perf_counter()
+        records = evaluate(list(range(start, end)))
+        store.write(k, records, time.perf_counter() - t0, worker)
+        if on_shard is not None:
+            on_shard(k, end - start)
+    return len(todo)

@@ -1,0 +1,108 @@
+"""Sharded, resumable evaluation output (single process), on the tiny export."""
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ilora_export.errors import IloraError
+from ilora_export.eval.reference import run_eval
+from ilora_export.eval.shards import SHARDS, ShardStore, plan_shards
+from tests.factories import kill_tree
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
+pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install -e .[test])")
+
+ROWS, SHARD_ROWS = 60, 4  # 15 shards of the toy train split
+
+
+def _eval(export, data, out, **kw):
+    return run_eval(export, data, "train", backend="ort", limit=ROWS, output=out, shard_rows=SHARD_ROWS,
+                    threads=1, batch_size=2, progress=False, **kw)
+
+
+def _predictions(out):
+    return list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_export, toy_data_dir, tmp_path_factory):
+    """An uninterrupted sharded run, and the same evaluation without -o (in memory)."""
+    _, export = tiny_export
+    out = tmp_path_factory.mktemp("whole") / "eval"
+    summary = _eval(export, toy_data_dir, out)
+    in_memory = run_eval(export, toy_data_dir, "train", backend="ort", limit=ROWS, threads=1, batch_size=2,
+                         progress=False)
+    return out, summary, in_memory
+
+
+def test_shards_cover_every_row_once_and_match_the_in_memory_eval(whole):
+    out, summary, in_memory = whole
+    files = sorted((out / SHARDS).glob("shard-*.parquet"))
+    assert len(files) == summary["shards"] == ROWS // SHARD_ROWS and summary["shards_resumed"] == 0
+    rows = _predictions(out)
+    assert len(rows) == len({r["row_id"] for r in rows}) == ROWS
+    for key in ("valid", "correct", "valid_ratio", "hit_ratio@1_of_total", "sasrec_hit_ratio@1"):
+        assert summary[key] == in_memory[key]
+    assert len({r["answer"] for r in rows}) > 1  # real, varied answers
+
+
+def test_rerun_resumes_everything_and_rewrites_the_same_result(whole, tiny_export, toy_data_dir):
+    out, summary, _ = whole
+    before = (out / "predictions.csv").read_bytes()
+    again = _eval(tiny_export[1], toy_data_dir, out)
+    assert again["shards_resumed"] == again["shards"] and (out / "predictions.csv").read_bytes() == before
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(whole, tiny_export, toy_data_dir, tmp_path):
+    out, _, _ = whole
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from ilora_export.cli import main; main()", "eval", str(tiny_export[1]),
+           "--backend", "ort", "--data", str(toy_data_dir), "--split", "train", "--limit", str(ROWS),
+           "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1", "-o", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((killed / SHARDS).glob("shard-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    finished = len(list((killed / SHARDS).glob("shard-*.parquet")))
+    assert 1 <= finished < ROWS // SHARD_ROWS and not (killed / "predictions.csv").exists()
+    resumed = _eval(tiny_export[1], toy_data_dir, killed)
+    assert resumed["shards_resumed"] == finished
+    assert (killed / "predictions.csv").read_bytes() == (out / "predictions.csv").read_bytes()
+
+
+def test_another_evaluation_is_not_mixed_into_the_folder(whole, tiny_export, toy_data_dir, tmp_path):
+    out, _, _ = whole
+    other = tmp_path / "other"
+    _eval(tiny_export[1], toy_data_dir, other)
+    with pytest.raises(IloraError, match="another evaluation .*evalset_sha256"):
+        run_eval(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
+                 shard_rows=SHARD_ROWS, threads=1, progress=False)
+    summary = run_eval(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
+                       shard_rows=SHARD_ROWS, threads=1, progress=False, restart=True)
+    assert summary["rows"] == ROWS - 1 and summary["shards_resumed"] == 0
+
+
+def test_collect_refuses_missing_or_foreign_shards(whole, tmp_path):
+    out, _, _ = whole
+    import shutil
+
+    copy = shutil.copytree(out, tmp_path / "copy")
+    run = json.loads((copy / "run.json").read_text())
+    store = ShardStore(copy, run["identity"], plan_shards(ROWS, SHARD_ROWS),
+                       [int(r["row_id"]) for r in _predictions(copy)])
+    assert store.collect()[0][0]["row_id"] == store.row_ids[0]
+    (copy / SHARDS / "shard-00003.parquet").unlink()
+    with pytest.raises(IloraError, match=r"shards \[3\] missing"):
+        store.collect()
+    assert store.pending() == [3]
+    # a shard file of another run (other fingerprint) does not count as finished
+    foreign = ShardStore(copy, run["identity"] | {"shard_rows": 99}, store.plan, store.row_ids)
+    assert foreign.pending() == list(range(len(store.plan)))
