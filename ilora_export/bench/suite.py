@@ -10,8 +10,10 @@ reference). Results: JSON, a Markdown table and, with matplotlib installed, a PN
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import statistics
 import platform
 import subprocess
 import sys
@@ -62,8 +64,12 @@ def _quantized_variant(export_info, bits: int, out: Path, log) -> Path:
     from ilora_export.export.quantize import quantize_export
 
     source_sha = sha256_file(export_info.path / "manifest.json")
+    defaults = inspect.signature(quantize_export).parameters
+    wanted = {"source_manifest_sha256": source_sha, "bits": bits, "block_size": defaults["block_size"].default,
+              "accuracy_level": defaults["accuracy_level"].default}
     try:
-        if read_manifest(out, verify_files=False).quantization["source_manifest_sha256"] == source_sha:
+        q = read_manifest(out, verify_files=False).quantization
+        if {k: q[k] for k in wanted} == wanted:
             return out
     except (IloraError, KeyError, TypeError):
         pass
@@ -91,11 +97,7 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
               decode_past: int = 280, decode_steps: int = 32, batch_sizes=(1, 8), output="benchmarks/results",
               log: Callable[[str], None] = print) -> dict:
     """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
-    from ilora_export.bench.floor import (
-        decoder_floor,
-        measure_bandwidth_gbs,
-        measure_gemm_gflops,
-    )
+    from ilora_export.bench.floor import decoder_floor, measure_gemm_gflops
     from ilora_export.export.manifest import read_manifest
 
     info = read_manifest(export_dir)
@@ -122,29 +124,33 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
     for row in rows:
         backend, target = targets[row]
         log(f"[{row}] {LABELS[row]}")
-        with tempfile.TemporaryDirectory() as tmp:
-            spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-            spec_file.write_text(json.dumps(base | {"backend": backend, "target": str(target),
-                                                    "bank_mode": bank_modes.get(row, "session")}))
-            env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
-                                  env=env, check=False, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise IloraError(f"benchmark row {row} failed: {proc.stderr.strip().splitlines()[-1:]}",
-                                 "run `python -m ilora_export.bench.worker` by hand to see the whole error")
-            results[row] = json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
+        results[row] = _run_worker(base | {"backend": backend, "target": str(target),
+                                           "bank_mode": bank_modes.get(row, "session")}, threads, row)
         log(f"  decode {results[row]['decode_ms_per_token']['median']:.1f} ms/token, eval "
             + ", ".join(f"batch {b}: {results[row]['eval'][str(b)]['rows_per_s']:.2f} rows/s" for b in batch_sizes))
+    adapter_cost = None
+    if "ort" in results and "ort-plain" in results:
+        log("[adapter cost] default export and plain model in one process, timed in alternation")
+        pair = _run_worker(base | {"mode": "pair", "targets": [str(info.path), str(targets["ort-plain"][1])],
+                                   "rounds": max(5, repeats)}, threads, "adapter cost")
+        d, p = pair["decode_ms_per_token"], pair["prefill_ms"]
+        adapter_cost = pair | {"decode": d[0]["median"] / d[1]["median"] - 1,
+                               "prefill": p[0]["median"] / p[1]["median"] - 1}
+        log(f"  decode {adapter_cost['decode']:+.1%}, prefill {adapter_cost['prefill']:+.1%}")
 
-    bandwidth, gemm = measure_bandwidth_gbs(threads), measure_gemm_gflops(threads)  # fastest of torch and ORT
+    # the bandwidth each row measured just before its timings; their median is the machine's
+    bandwidth, gemm = statistics.median(r["read_bandwidth_gbs"] for r in results.values()), measure_gemm_gflops(threads)
     weight_bytes = (info.path / "decoder.onnx.data").stat().st_size
-    floor = decoder_floor(info.shape.to_dict(), weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths),
-                          bytes_per_value=2 if info.dtype == "float16" else 4)
+    shape, bytes_per_value = info.shape.to_dict(), 2 if info.dtype == "float16" else 4
+    floor = decoder_floor(shape, weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths),
+                          bytes_per_value=bytes_per_value)
+    for r in results.values():  # each row against the bandwidth it had
+        r["decode_ms_floor"] = decoder_floor(shape, weight_bytes, decode_past, r["read_bandwidth_gbs"], gemm, [],
+                                             bytes_per_value=bytes_per_value)["decode_ms_floor"]
     report = {"machine": machine() | {"threads": threads, "read_bandwidth_gbs": bandwidth, "gemm_gflops": gemm},
               "export": str(info.path), "manifest_sha256": sha256_file(info.path / "manifest.json"),
               "versions": info.manifest["versions"], "settings": base, "rows": results, "floor": floor,
-              "ratios": _ratios(results, batch_sizes, floor)}
+              "adapter_cost": adapter_cost, "ratios": _ratios(results, batch_sizes)}
     with atomic_path(output / "bench.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with atomic_path(output / "bench.md") as tmp:
@@ -153,7 +159,22 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
     return report
 
 
-def _ratios(results: dict, batch_sizes, floor: dict) -> dict:
+def _run_worker(spec: dict, threads: int, name: str) -> dict:
+    """One worker process (``bench.worker``) on ``spec``; its result plus its wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
+                              env=env, check=False, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise IloraError(f"benchmark row {name} failed: {proc.stderr.strip().splitlines()[-1:]}",
+                             "run `python -m ilora_export.bench.worker` by hand to see the whole error")
+        return json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
+
+
+def _ratios(results: dict, batch_sizes) -> dict:
     out = {}
     ref = results.get("torch")
     for row, r in results.items():
@@ -163,7 +184,7 @@ def _ratios(results: dict, batch_sizes, floor: dict) -> dict:
                 o[f"eval_speedup_vs_torch_b{b}"] = r["eval"][str(b)]["rows_per_s"] / ref["eval"][str(b)]["rows_per_s"]
                 o[f"answers_identical_to_torch_b{b}"] = sum(
                     x == y for x, y in zip(r["eval"][str(b)]["answers"], ref["eval"][str(b)]["answers"]))
-        o["decode_vs_floor"] = r["decode_ms_per_token"]["median"] / floor["decode_ms_floor"]
+        o["decode_vs_floor"] = r["decode_ms_per_token"]["median"] / r["decode_ms_floor"]
         if "ort-plain" in results and row.startswith("ort") and row != "ort-plain" and row[4:] not in QUANTIZED:
             # the plain model answers differently (other lengths), so its cost is compared per call, not per eval
             plain = results["ort-plain"]
@@ -182,7 +203,7 @@ def markdown(report: dict) -> str:
     lengths = s["prompt_lengths"]
     bs = s["eval_batch_sizes"]
     lines = [f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores, {m.get('memory_gb', '?')} GB; "
-             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s, fp32 GEMM "
+             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s (median of the rows), fp32 GEMM "
              f"{m['gemm_gflops']:.0f} GFLOP/s. Medians of {s['repeats']} runs (eval: {s['eval_repeats']}), "
              f"min-max in brackets; one run, rows one after the other.", ""]
     head = ["row", *[f"prefill {n} ms" for n in lengths], "decode ms/token", *[f"eval b{b} rows/s" for b in bs],
@@ -204,8 +225,16 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| floor (this machine) | " + " | ".join(f"{floor['prefill_ms_floor'][str(n)]:.0f}" for n in lengths)
               + f" | {floor['decode_ms_floor']:.1f} |", ""]
+    cost = report.get("adapter_cost")
+    if cost:
+        d, p = cost["decode_ms_per_token"], cost["prefill_ms"]
+        lines += [f"Cost of the expert bank (default export vs plain model, one process, {cost['rounds']} "
+                  f"alternating rounds): decode {d[0]['median']:.1f} vs {d[1]['median']:.1f} ms/token "
+                  f"(**{cost['decode']:+.1%}**), prefill {cost['prompt_length']} tokens {p[0]['median']:.0f} vs "
+                  f"{p[1]['median']:.0f} ms (**{cost['prefill']:+.1%}**).", ""]
     for row, o in ratios.items():
-        extra = [f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor"]
+        extra = [f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor "
+                 f"({rows[row]['read_bandwidth_gbs']:.1f} GB/s measured before the row)"]
         if "decode_cost_vs_plain" in o:
             extra.append(f"cost of the adapter vs the plain model: decode {o['decode_cost_vs_plain']:+.1%}, "
                          f"prefill ({max(lengths)} tokens) {o['prefill_cost_vs_plain']:+.1%}")

@@ -4,7 +4,8 @@
 
 SPEC: {"backend": "torch"|"ort", "target": checkpoint or export folder, "data", "split", "limit",
 "threads", "repeats", "prompt_lengths": [...], "decode_past": int, "decode_steps": int,
-"eval_batch_sizes": [1, 8]}.
+"eval_batch_sizes": [1, 8]}; or {"mode": "pair", "targets": [export A, export B], "rounds", ...} for
+two exports timed in alternation.
 """
 
 from __future__ import annotations
@@ -22,54 +23,68 @@ def _stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def measure(spec: dict) -> dict:
-    import torch
+class _Timer:
+    """Prefill and decode timings of one backend, on random ordinary tokens (batch 1)."""
 
-    from ilora_export.data.evalset import build_eval_set
-    from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend, open_backend
-    from ilora_export.runtime.generator import positions_from_mask
+    def __init__(self, backend, assets, num_experts: int, seed: int = 0):
+        self.backend = backend
+        self.rng = np.random.default_rng(seed)
+        self.vocab = len(assets.tokenizer) - len(assets.token_ids)  # ordinary tokens only
+        self.gate = np.full((1, num_experts), 1.0 / num_experts, dtype=backend.dtype)
 
-    threads = spec["threads"]
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    backend, assets = open_backend(spec["target"], spec["backend"], threads=threads,
-                                   bank_mode=spec.get("bank_mode", "session"))
-    load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    vocab = len(assets.tokenizer) - len(assets.token_ids)  # ordinary tokens only
-    gate = np.full((1, spec["num_experts"]), 1.0 / spec["num_experts"], dtype=backend.dtype)
-    result = {"load_s": load_s, "prefill_ms": {}, "decode_ms_per_token": None, "eval": {}}
+    def prefill(self, length: int):
+        from ilora_export.runtime.generator import positions_from_mask
 
-    def prefill(length):
-        ids = rng.integers(0, vocab, size=(1, length))
+        ids = self.rng.integers(0, self.vocab, size=(1, length))
         mask = np.ones((1, length), np.int64)
-        return backend.step(backend.embed(ids), mask, positions_from_mask(mask), gate, None)
+        return self.backend.step(self.backend.embed(ids), mask, positions_from_mask(mask), self.gate, None)
 
-    for length in spec["prompt_lengths"]:
-        prefill(length)  # warm-up
-        times = []
-        for _ in range(spec["repeats"]):
-            t = time.perf_counter()
-            prefill(length)
-            times.append((time.perf_counter() - t) * 1e3)
-        result["prefill_ms"][str(length)] = _stats(times)
+    def prefill_ms(self, length: int) -> float:
+        t = time.perf_counter()
+        self.prefill(length)
+        return (time.perf_counter() - t) * 1e3
 
-    per_run = []
-    for _ in range(spec["repeats"]):
-        past = spec["decode_past"]
-        logits, state = prefill(past)
+    def decode_ms(self, past: int, steps: int) -> float:
+        """Median ms per token of ``steps`` greedy steps after a prompt of ``past`` tokens."""
+        logits, state = self.prefill(past)
         mask = np.ones((1, past), np.int64)
-        steps = []
-        for _ in range(spec["decode_steps"]):
+        times = []
+        for _ in range(steps):
             tok = logits.argmax(-1)[:, None].astype(np.int64)
             mask = np.concatenate([mask, np.ones((1, 1), np.int64)], 1)
             pos = np.array([[mask.shape[1] - 1]], np.int64)
             t = time.perf_counter()
-            logits, state = backend.step(backend.embed(tok), mask, pos, gate, state)
-            steps.append((time.perf_counter() - t) * 1e3)
-        per_run.append(statistics.median(steps))
-    result["decode_ms_per_token"] = _stats(per_run)
+            logits, state = self.backend.step(self.backend.embed(tok), mask, pos, self.gate, state)
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+
+def measure(spec: dict) -> dict:
+    import torch
+
+    from ilora_export.bench.floor import measure_bandwidth_gbs
+    from ilora_export.data.evalset import build_eval_set
+    from ilora_export.data.llara import load_dataset
+    from ilora_export.eval.reference import evaluate_backend, open_backend
+
+    threads = spec["threads"]
+    torch.set_num_threads(threads)
+    if spec.get("mode") == "pair":
+        return measure_pair(spec)
+    t0 = time.perf_counter()
+    backend, assets = open_backend(spec["target"], spec["backend"], threads=threads,
+                                   bank_mode=spec.get("bank_mode", "session"))
+    load_s = time.perf_counter() - t0
+    timer = _Timer(backend, assets, spec["num_experts"])
+    # the bandwidth right before this row's timings: the host's share varies over a long run
+    result = {"load_s": load_s, "read_bandwidth_gbs": measure_bandwidth_gbs(threads), "prefill_ms": {},
+              "decode_ms_per_token": None, "eval": {}}
+
+    for length in spec["prompt_lengths"]:
+        timer.prefill(length)  # warm-up
+        result["prefill_ms"][str(length)] = _stats([timer.prefill_ms(length) for _ in range(spec["repeats"])])
+    result["decode_ms_per_token"] = _stats([timer.decode_ms(spec["decode_past"], spec["decode_steps"])
+                                            for _ in range(spec["repeats"])])
 
     evalset = build_eval_set(load_dataset(spec["data"]), spec["split"], seed=0)
     if spec.get("limit"):
@@ -85,6 +100,27 @@ def measure(spec: dict) -> dict:
                                    "rows_per_s": len(evalset.rows) / statistics.median(walls), "answers": answers}
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def measure_pair(spec: dict) -> dict:
+    """Two ORT exports in one process, timed in alternation (A B A B ...): a ratio free of the slow
+    drifts of a shared host. Used for the expert bank's cost against the plain model."""
+    from ilora_export.eval.reference import open_backend
+
+    timers = []
+    for target in spec["targets"]:
+        backend, assets = open_backend(target, "ort", threads=spec["threads"])
+        timers.append(_Timer(backend, assets, spec["num_experts"]))
+    longest = max(spec["prompt_lengths"])
+    decode, prefill = [[] for _ in timers], [[] for _ in timers]
+    for t in timers:
+        t.decode_ms(spec["decode_past"], 4)  # warm-up
+    for _ in range(spec["rounds"]):
+        for i, t in enumerate(timers):
+            decode[i].append(t.decode_ms(spec["decode_past"], spec["decode_steps"]))
+            prefill[i].append(t.prefill_ms(longest))
+    return {"targets": spec["targets"], "rounds": spec["rounds"], "prompt_length": longest,
+            "decode_ms_per_token": [_stats(d) for d in decode], "prefill_ms": [_stats(p) for p in prefill]}
 
 
 def peak_rss_mb() -> float:

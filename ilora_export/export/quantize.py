@@ -23,7 +23,9 @@ from ilora_export.export.manifest import MANIFEST, read_manifest, write_manifest
 from ilora_export.fileio import atomic_dir, hash_tree, sha256_file
 
 BITS = (8, 4)
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 = as the graph (fp32), 4 = int8 activations
+# MatMulNBits compute type: 0 = as the graph (fp32), 4 = int8 activations. On x86 CPUs only 4 has fast
+# int8-weight kernels (int8 at level 0 decoded 8x slower than fp32 on the reference machine).
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def _quantizer():
@@ -109,7 +111,7 @@ def quality_gate(reference, candidate, data_dir, *, split: str = "test", seed: i
             "logits": {k: v for k, v in logits.items() if k.endswith("_max_abs") or k == "greedy_token_agreement"}}
 
 
-def quantize_export(source, output, *, bits: int = 8, block_size: int = 32, accuracy_level: int = 0,
+def quantize_export(source, output, *, bits: int = 8, block_size: int = 32, accuracy_level: int = 4,
                     data_dir=None, split: str = "test", seed: int = 0, limit: int | None = None,
                     min_agreement: float = 0.95, batch_size: int = 8, threads: int | None = None,
                     progress: bool = True, log: Callable[[str], None] | None = None) -> dict:

@@ -26,7 +26,13 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     for row in ("ort-int8", "ort-int4"):
         assert 0 <= ratios[row]["answers_identical_to_torch_b1"] <= 4 and "decode_cost_vs_plain" not in ratios[row]
     assert json.loads((tmp_path / "exports" / "int8" / "manifest.json").read_text())["quantization"]["bits"] == 8
+    # the expert bank's cost, timed in alternation with the plain model in one process
+    cost = report["adapter_cost"]
+    assert cost["rounds"] == 5 and len(cost["decode_ms_per_token"]) == 2
+    assert cost["decode"] == cost["decode_ms_per_token"][0]["median"] / cost["decode_ms_per_token"][1]["median"] - 1
+    assert all(r["read_bandwidth_gbs"] > 0 and r["decode_ms_floor"] > 0 for r in report["rows"].values())
     md = (tmp_path / "bench.md").read_text()
+    assert "Cost of the expert bank" in md
     assert "ORT, bank folded and fused at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
 
