@@ -144,9 +144,11 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
     shape, bytes_per_value = info.shape.to_dict(), 2 if info.dtype == "float16" else 4
     floor = decoder_floor(shape, weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths),
                           bytes_per_value=bytes_per_value)
-    for r in results.values():  # each row against the bandwidth it had
-        r["decode_ms_floor"] = decoder_floor(shape, weight_bytes, decode_past, r["read_bandwidth_gbs"], gemm, [],
-                                             bytes_per_value=bytes_per_value)["decode_ms_floor"]
+    for row, r in results.items():  # each row against the bandwidth it had and the bytes it reads
+        backend, target = targets[row]
+        r["weight_bytes"] = (Path(target) / "decoder.onnx.data").stat().st_size if backend == "ort" else weight_bytes
+        r["decode_ms_floor"] = decoder_floor(shape, r["weight_bytes"], decode_past, r["read_bandwidth_gbs"], gemm,
+                                             [], bytes_per_value=bytes_per_value)["decode_ms_floor"]
     report = {"machine": machine() | {"threads": threads, "read_bandwidth_gbs": bandwidth, "gemm_gflops": gemm},
               "export": str(info.path), "manifest_sha256": sha256_file(info.path / "manifest.json"),
               "versions": info.manifest["versions"], "settings": base, "rows": results, "floor": floor,
