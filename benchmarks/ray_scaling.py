@@ -4,7 +4,8 @@
         --data ../shared/ilora-ref/data/lastfm --split train --limit 480 \\
         -o benchmarks/results/lastfm-smollm2
 
-Every configuration evaluates the same rows into a fresh folder (no resumed shards) and must give the
+The Ray configurations are WORKERS x THREADS per worker: at a fixed thread count per worker, adding
+workers shows how the evaluation scales with machines' cores. Every configuration evaluates the same rows into a fresh folder (no resumed shards) and must give the
 same predictions.csv as the single-process run. Reported per configuration: wall time (Ray start-up
 and model loads included), rows/s, the evaluation's own rate (rows / the busiest worker's shard time,
 what a long run converges to) and the model load time per worker. Writes ray_scaling.json and
@@ -48,13 +49,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=480)
     ap.add_argument("--shard-rows", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", default="1,2", help="Ray worker counts to measure")
+    ap.add_argument("--configs", default="1x2,1x1,2x1",
+                    help="Ray configurations to measure, WORKERSxTHREADS each")
     ap.add_argument("-o", "--output", default="benchmarks/results")
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     configs = [("single process", False, None, cpus)]
-    configs += [(f"ray, {n} worker{'s' if n > 1 else ''}", True, n, max(1, cpus // n))
-                for n in map(int, args.workers.split(","))]
+    for c in args.configs.split(","):
+        n, t = map(int, c.split("x"))
+        configs.append((f"ray, {n} worker{'s' if n > 1 else ''} x {t} thread{'s' if t > 1 else ''}", True, n, t))
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, use_ray, workers, threads) in enumerate(configs):

@@ -34,16 +34,23 @@ def import_ray():
 class ShardEvaluator:
     """A Ray Data actor: loads the export once, then evaluates whole shards (``{"shard": [k, ...]}``)."""
 
-    def __init__(self, target, root, identity, plan, row_ids, threads, bank, batch_size, prompt_file):
+    def __init__(self, target, root, threads, bank, batch_size, prompt_file):
+        # small arguments only: the rows and the plan are read from the output folder
+        import json
+
         from ilora_export.data.evalset import read_eval_set
         from ilora_export.data.prompts import load_prompt_file
         from ilora_export.eval.reference import EVALSET, open_backend
+        from ilora_export.eval.shards import RUN, plan_shards
 
         t0 = time.perf_counter()
         self.backend, self.assets = open_backend(target, "ort", threads=threads, bank=bank)
         self.load_s = time.perf_counter() - t0
-        self.rows = read_eval_set(Path(root) / EVALSET).rows
-        self.store = ShardStore(Path(root), identity, [tuple(p) for p in plan], list(row_ids))
+        root = Path(root)
+        self.rows = read_eval_set(root / EVALSET).rows
+        identity = json.loads((root / RUN).read_text(encoding="utf-8"))["identity"]
+        self.store = ShardStore(root, identity, plan_shards(len(self.rows), identity["shard_rows"]),
+                                [r.row_id for r in self.rows])
         self.batch_size = batch_size
         self.templates = load_prompt_file(prompt_file) if prompt_file else None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -76,6 +83,7 @@ def ray_evaluate(store: ShardStore, target, pending: list[int], *, address: str 
     if started:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  configure_logging=True, log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines otherwise
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the caller shows one bar over rows
@@ -87,7 +95,6 @@ def ray_evaluate(store: ShardStore, target, pending: list[int], *, address: str 
         done = ds.map_batches(
             ShardEvaluator, batch_size=1, concurrency=workers, num_cpus=threads,
             fn_constructor_kwargs={"target": str(Path(target).resolve()), "root": str(store.root.resolve()),
-                                   "identity": store.identity, "plan": store.plan, "row_ids": store.row_ids,
                                    "threads": threads, "bank": str(bank) if bank else None,
                                    "batch_size": batch_size, "prompt_file": str(prompt_file) if prompt_file else None})
         used, load_s = set(), []
