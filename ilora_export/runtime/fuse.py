@@ -183,3 +183,56 @@ def _topological(nodes, available: set[str]) -> list:
     if len(order) != len(nodes):
         raise RuntimeError("fusing the expert bank produced a cycle")  # a bug, not a user error
     return order
+
+
+def fuse_rmsnorm(model):
+    """RMSNorm as the exporter writes it, ``w * (x * 1 / sqrt(mean(x^2) + eps))`` (Pow, ReduceMean, Add,
+    Sqrt, Reciprocal, Mul, Mul: the pattern onnxruntime's own fusion does not match), rewritten as one
+    ``SimplifiedLayerNormalization`` node (fp32 only). Returns (model, number fused)."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    consts = _constant_values(graph)
+    floats = {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
+
+    def only(name, op):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    replaced, new_nodes = set(), []
+    for pow_ in (n for n in graph.node if n.op_type == "Pow"):
+        x = pow_.input[0]
+        if pow_.input[1] not in consts or float(consts[pow_.input[1]].reshape(-1)[0]) != 2.0:
+            continue
+        mean = only(pow_.output[0], "ReduceMean")
+        add = mean and only(mean.output[0], "Add")
+        sqrt = add and only(add.output[0], "Sqrt")
+        recip = sqrt and only(sqrt.output[0], "Reciprocal")
+        mul = recip and only(recip.output[0], "Mul")
+        scale = mul and only(mul.output[0], "Mul")
+        if scale is None or set(mul.input) != {x, recip.output[0]}:
+            continue
+        axes = consts.get(mean.input[1]) if len(mean.input) > 1 else None
+        keep = next((a.i for a in mean.attribute if a.name == "keepdims"), 1)
+        eps = next((i for i in add.input if i != mean.output[0]), None)
+        weight = next((i for i in scale.input if i != mul.output[0]), None)
+        if (axes is None or axes.reshape(-1).tolist() != [-1] or not keep or eps not in consts
+                or consts[eps].size != 1 or weight not in floats):
+            continue
+        chain = [pow_, mean, add, sqrt, recip, mul, scale]
+        replaced |= {id(n) for n in chain}
+        new_nodes.append(helper.make_node("SimplifiedLayerNormalization", [x, weight], [scale.output[0]],
+                                          axis=-1, epsilon=float(consts[eps].reshape(-1)[0]), stash_type=1))
+    if not new_nodes:
+        return model, 0
+    nodes = [nd for nd in graph.node if id(nd) not in replaced] + new_nodes
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
+    names = {o for nd in graph.node for o in nd.output}
+    for v in [v for v in graph.value_info if v.name not in names]:
+        graph.value_info.remove(v)
+    return model, len(new_nodes)

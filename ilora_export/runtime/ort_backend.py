@@ -49,19 +49,24 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _with_constant_inputs(file: Path, constants: dict[str, np.ndarray], fuse: bool) -> bytes:
-    """The graph at ``file`` with the named inputs turned into initializers (weights stay external);
-    with ``fuse`` the adapters are also fused into their base projections (``runtime.fuse``)."""
+def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: bool) -> bytes:
+    """The graph at ``file`` (weights stay external) with the named inputs turned into initializers and,
+    with ``fuse``, the adapters fused into their base projections and RMSNorm into one node
+    (``runtime.fuse``)."""
     import onnx
 
-    from ilora_export.runtime.fuse import fold_bank
+    from ilora_export.runtime.fuse import fold_bank, fuse_rmsnorm
 
     try:
         model = onnx.load(str(file), load_external_data=False)
     except Exception as err:  # noqa: BLE001 (protobuf raises its own DecodeError; any failure is a bad file)
         raise ExportError(f"{file}: onnxruntime cannot load the graph ({type(err).__name__}: {err})"[:300],
                           "the graph is missing or corrupt; export again") from None
-    return fold_bank(model, constants, fuse=fuse)[0].SerializeToString()
+    if constants:
+        model, _ = fold_bank(model, constants, fuse=fuse)
+    if fuse:
+        model, _ = fuse_rmsnorm(model)
+    return model.SerializeToString()
 
 
 def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu",
@@ -69,13 +74,14 @@ def open_session(file: Path, contract, *, threads: int | None = None, device: st
     """An InferenceSession whose inputs/outputs are checked against ``contract``.
 
     ``constants`` turns those graph inputs into initializers of this session (folded and prepacked by
-    onnxruntime at load); the graph file is unchanged.
+    onnxruntime at load); ``fuse`` applies the load-time fusions of ``runtime.fuse``; the graph file is
+    unchanged.
     """
     ort = import_onnxruntime()
     options = session_options(threads)
     source: str | bytes = str(file)
-    if constants:
-        source = _with_constant_inputs(file, constants, fuse)
+    if constants or fuse:
+        source = _prepared_graph(file, constants, fuse)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(file.parent))
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
@@ -97,9 +103,10 @@ class OrtBackend:
     ``bank_mode``: "session" (default) folds the bank into the decoder session when it is created and
     fuses each group of adapters into its base projections (``runtime.fuse``: one small MatMul, Mul and
     Concat per group instead of two MatMuls, two Muls and an Add per projection), while the bank still
-    comes from ``bank.safetensors`` (or ``bank``); "folded" folds it without fusing (onnxruntime then
-    constant-folds the per-layer slices, as for a baked graph); "input" binds it as OrtValues on every
-    call (the graph's own interface, one session for any number of banks).
+    comes from ``bank.safetensors`` (or ``bank``); "folded" folds it without any load-time fusion
+    (onnxruntime then constant-folds the per-layer slices, as for a baked graph); "input" binds it as
+    OrtValues on every call (the graph's own interface, one session for any number of banks). Every
+    mode but "folded" also fuses RMSNorm into one node.
     """
 
     BANK_MODES = ("session", "folded", "input")
@@ -126,7 +133,7 @@ class OrtBackend:
         self.encoder = open_session(info.path / info.encoder.file, info.encoder, threads=threads, device=device)
         self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device,
                                     constants=tensors if bank_mode != "input" else None,
-                                    fuse=bank_mode == "session")
+                                    fuse=bank_mode != "folded")
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
         self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)

@@ -45,7 +45,7 @@ def test_unfused_fold_only_turns_the_bank_into_initializers(tiny_export):
     assert set(bank) <= {i.name for i in folded.graph.initializer}
 
 
-def test_fused_session_matches_the_graph_with_the_bank_as_inputs(tiny_export):
+def test_fused_sessions_match_the_unfused_graph(tiny_export):
     from ilora_export.runtime.ort_backend import OrtBackend
 
     _, export_dir = tiny_export
@@ -69,6 +69,22 @@ def test_fused_session_matches_the_graph_with_the_bank_as_inputs(tiny_export):
             steps.append(logits)
         return steps
 
-    for a, b in zip(run("session"), run("input")):
-        assert np.abs(a - b).max() <= 1e-4
-        assert (a.argmax(-1) == b.argmax(-1)).all()
+    plain = run("folded")  # no load-time fusion at all
+    for mode in ("session", "input"):
+        for a, b in zip(run(mode), plain):
+            assert np.abs(a - b).max() <= 1e-4
+            assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_every_rmsnorm_becomes_one_node(tiny_export):
+    from ilora_export.runtime.fuse import fuse_rmsnorm
+
+    _, export = tiny_export
+    model, _, info, _ = _graph_and_bank(export)
+    before = collections.Counter(n.op_type for n in model.graph.node)
+    fused, count = fuse_rmsnorm(model)
+    after = collections.Counter(n.op_type for n in fused.graph.node)
+    norms = 2 * info.shape.num_layers + 1  # two per layer and the final one
+    assert count == after["SimplifiedLayerNormalization"] == norms
+    for op in ("Pow", "ReduceMean", "Sqrt", "Reciprocal"):
+        assert before[op] - after[op] == norms
