@@ -60,7 +60,7 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
         t = time.perf_counter()
         log(f"[{i}/5] evaluate with {backend} on {recipe.data.eval_split}" + (f" (first {limit} rows)" if limit else ""))
         summaries[backend] = run_eval(target, data, recipe.data.eval_split, backend=backend, limit=limit,
-                                      threads=threads, output=out / f"eval-{backend}")
+                                      threads=threads, output=out / f"eval-{backend}", replace_other=True)
         stages[f"eval_{backend}"] = time.perf_counter() - t
     answers = {}
     for b in summaries:

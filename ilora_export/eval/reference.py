@@ -163,12 +163,14 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
              batch_size: int = 8, limit: int | None = None, output=None, seed: int = 0,
              eval_set=None, prompt_file=None, base_model: str | None = None, threads: int | None = None,
              bank=None, progress: bool = True, shard_rows: int | None = None, restart: bool = False,
-             ray: bool = False, address: str | None = None, num_workers: int | None = None) -> dict:
+             replace_other: bool = False, ray: bool = False, address: str | None = None,
+             num_workers: int | None = None) -> dict:
     """Open a checkpoint (torch) or export (ort), materialize (or read) the evaluation set, evaluate,
     write results. This is the library call behind ``ilora-export eval``. Returns the summary dict.
 
     With ``output`` the results are written per shard of ``shard_rows`` rows (``eval.shards``), so a
-    killed run resumes where it stopped; ``ray`` evaluates the shards on Ray Data actors (local when no
+    killed run resumes where it stopped (``restart`` discards finished shards; ``replace_other`` only
+    those of another evaluation, for a folder the caller owns); ``ray`` evaluates the shards on Ray Data actors (local when no
     ``address``), ``num_workers`` of them.
     """
     from ilora_export.data.evalset import load_or_build_eval_set
@@ -205,7 +207,7 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
                 "prompt_file_sha256": sha256_file(prompt_file) if prompt_file else None}
     store = ShardStore(output, identity, plan_shards(len(evalset.rows), shard_rows),
                        [r.row_id for r in evalset.rows])
-    store.open(restart=restart)
+    store.open(restart=restart, replace_other=replace_other)
     write_eval_set(evalset, output / EVALSET)
     pending = store.pending()
     done_rows = len(evalset.rows) - sum(store.plan[k][1] - store.plan[k][0] for k in pending)

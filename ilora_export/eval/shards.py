@@ -82,15 +82,18 @@ class ShardStore:
         start, end = self.plan[index]
         return self.row_ids[start:end]
 
-    def open(self, *, restart: bool = False) -> None:
-        """Create or reopen the folder; refuses one that holds another evaluation unless ``restart``."""
+    def open(self, *, restart: bool = False, replace_other: bool = False) -> None:
+        """Create or reopen the folder; refuses one that holds another evaluation unless ``restart``
+        (discard whatever is there) or ``replace_other`` (discard it only when it is another evaluation)."""
         run = self.root / RUN
         if run.is_file() and not restart:
             try:
                 old = json.loads(run.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 old = {}
-            if old.get("fingerprint") != self.fingerprint:
+            if old.get("fingerprint") != self.fingerprint and replace_other:
+                restart = True
+            elif old.get("fingerprint") != self.fingerprint:
                 differ = sorted(k for k in set(old.get("identity", {})) | set(self.identity)
                                 if old.get("identity", {}).get(k) != self.identity.get(k))
                 raise IloraError(f"{self.root} holds results of another evaluation (differs in: "

@@ -88,6 +88,10 @@ def test_another_evaluation_is_not_mixed_into_the_folder(whole, tiny_export, toy
     summary = run_eval(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
                        shard_rows=SHARD_ROWS, threads=1, progress=False, restart=True)
     assert summary["rows"] == ROWS - 1 and summary["shards_resumed"] == 0
+    # a folder the caller owns (quickstart's): another evaluation is replaced, the same one resumed
+    replaced = _eval(tiny_export[1], toy_data_dir, other, replace_other=True)
+    assert replaced["rows"] == ROWS and replaced["shards_resumed"] == 0
+    assert _eval(tiny_export[1], toy_data_dir, other, replace_other=True)["shards_resumed"] == replaced["shards"]
 
 
 def test_collect_refuses_missing_or_foreign_shards(whole, tmp_path):
