@@ -106,3 +106,23 @@ def kill_tree(pid: int) -> None:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def kill_eval_at_first_shard(args: list[str], out: Path, timeout: float = 240) -> int:
+    """Run ``ilora-export eval ARGS -o OUT`` in a subprocess and SIGKILL it (with everything below it)
+    as soon as its first shard file appears; returns how many shards were finished by then."""
+    import subprocess
+    import sys
+    import time
+
+    shards = out / "shards"
+    cmd = [sys.executable, "-c", "from ilora_export.cli import main; main()", "eval", *args, "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not list(shards.glob("shard-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    return len(list(shards.glob("shard-*.parquet")))

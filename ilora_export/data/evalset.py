@@ -114,9 +114,8 @@ def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def write_eval_set(evalset: EvalSet, path) -> Path:
-    """Write ``evalset`` as JSON Lines, atomically (a temporary file, then ``os.replace``)."""
-    path = Path(path)
+def eval_set_bytes(evalset: EvalSet) -> bytes:
+    """``evalset`` serialized as JSON Lines (what :func:`write_eval_set` writes; deterministic)."""
     header = {
         "format": FORMAT, "version": VERSION, "dataset": evalset.dataset, "split": evalset.split,
         "seed": evalset.seed, "num_items": evalset.num_items, "pad_id": evalset.pad_id,
@@ -127,7 +126,13 @@ def write_eval_set(evalset: EvalSet, path) -> Path:
     for row in evalset.rows:
         lines.append(_dumps({"row_id": row.row_id, "seq": list(row.seq), "len_seq": row.len_seq,
                              "target": row.target, "candidates": list(row.candidates)}))
-    data = ("\n".join(lines) + "\n").encode("utf-8")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def write_eval_set(evalset: EvalSet, path) -> Path:
+    """Write ``evalset`` as JSON Lines, atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    data = eval_set_bytes(evalset)
     try:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)

@@ -250,10 +250,8 @@ def _assets_of(target):
 
 
 def _eval_set_sha256(evalset: EvalSet) -> str:
-    import tempfile
+    import hashlib
 
-    from ilora_export.data.evalset import write_eval_set
+    from ilora_export.data.evalset import eval_set_bytes
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_eval_set(evalset, Path(tmp) / EVALSET)
-        return sha256_file(path)
+    return hashlib.sha256(eval_set_bytes(evalset)).hexdigest()

@@ -147,16 +147,20 @@ def fold_bank(model, bank: dict[str, np.ndarray], *, fuse: bool = True):
             new_inits.append(numpy_helper.from_array(rows, f"{name}.B{i}"))
             new_nodes += [helper.make_node("Concat", [ad.base_weight, f"{name}.B{i}"], [f"{name}.W{i}"], axis=0),
                           helper.make_node("MatMul", [f"{name}.xh", f"{name}.W{i}"], [ad.output])]
+    graph.initializer.extend(new_inits)
+    _replace_nodes(graph, removed, new_nodes)
+    return model, len(adapters)
+
+
+def _replace_nodes(graph, removed: set[int], new_nodes: list) -> None:
+    """Drop the nodes whose id() is in ``removed``, add ``new_nodes``, restore topological order and
+    forget the shape annotations of tensors no longer produced."""
     nodes = [nd for nd in graph.node if id(nd) not in removed] + new_nodes
     del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input}
-                                   | {i.name for i in graph.initializer} | {i.name for i in new_inits}))
-    graph.initializer.extend(new_inits)
+    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
     names = {o for nd in graph.node for o in nd.output}
-    stale = [v for v in graph.value_info if v.name not in names]
-    for v in stale:
+    for v in [v for v in graph.value_info if v.name not in names]:
         graph.value_info.remove(v)
-    return model, len(adapters)
 
 
 def _topological(nodes, available: set[str]) -> list:
@@ -229,10 +233,5 @@ def fuse_rmsnorm(model):
                                           axis=-1, epsilon=float(consts[eps].reshape(-1)[0]), stash_type=1))
     if not new_nodes:
         return model, 0
-    nodes = [nd for nd in graph.node if id(nd) not in replaced] + new_nodes
-    del graph.node[:]
-    graph.node.extend(_topological(nodes, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
-    names = {o for nd in graph.node for o in nd.output}
-    for v in [v for v in graph.value_info if v.name not in names]:
-        graph.value_info.remove(v)
+    _replace_nodes(graph, replaced, new_nodes)
     return model, len(new_nodes)

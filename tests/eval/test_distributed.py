@@ -1,15 +1,12 @@
 """The evaluation on Ray Data (local mode) on the tiny export: same answers, resumable after a kill."""
 
-import subprocess
 import sys
-import time
 
 import pytest
 
 from ilora_export.errors import IloraError
 from ilora_export.eval.reference import run_eval
-from ilora_export.eval.shards import SHARDS
-from tests.factories import kill_tree
+from tests.factories import kill_eval_at_first_shard
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -e .[ray])")
@@ -39,19 +36,10 @@ def test_ray_local_mode_gives_the_single_process_answers(single, tiny_export, to
 
 def test_killed_ray_run_resumes_to_the_uninterrupted_result(single, tiny_export, toy_data_dir, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from ilora_export.cli import main; main()", "eval", str(tiny_export[1]),
-           "--backend", "ort", "--data", str(toy_data_dir), "--split", "train", "--limit", str(ROWS),
-           "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1", "-o", str(out),
-           "--ray", "--num-workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list((out / SHARDS).glob("shard-*.parquet")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        kill_tree(proc.pid)  # the driver and the local Ray instance it started
-        proc.wait()
-    finished = len(list((out / SHARDS).glob("shard-*.parquet")))
+    args = [str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--split", "train",
+            "--limit", str(ROWS), "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1",
+            "--ray", "--num-workers", "1"]
+    finished = kill_eval_at_first_shard(args, out, timeout=240)  # the driver and any Ray instance it started
     assert 1 <= finished < ROWS // SHARD_ROWS and not (out / "predictions.csv").exists()
     resumed = run_eval(output=out, ray=True, num_workers=2, **_common(tiny_export, toy_data_dir))
     assert resumed["shards_resumed"] >= finished

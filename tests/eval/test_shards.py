@@ -2,16 +2,13 @@
 
 import csv
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
 from ilora_export.errors import IloraError
 from ilora_export.eval.reference import run_eval
 from ilora_export.eval.shards import SHARDS, ShardStore, plan_shards
-from tests.factories import kill_tree
+from tests.factories import kill_eval_at_first_shard
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install -e .[test])")
@@ -60,18 +57,9 @@ def test_rerun_resumes_everything_and_rewrites_the_same_result(whole, tiny_expor
 def test_killed_run_resumes_to_the_uninterrupted_result(whole, tiny_export, toy_data_dir, tmp_path):
     out, _, _ = whole
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from ilora_export.cli import main; main()", "eval", str(tiny_export[1]),
-           "--backend", "ort", "--data", str(toy_data_dir), "--split", "train", "--limit", str(ROWS),
-           "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1", "-o", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((killed / SHARDS).glob("shard-*.parquet")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    finally:
-        kill_tree(proc.pid)
-        proc.wait()
-    finished = len(list((killed / SHARDS).glob("shard-*.parquet")))
+    args = [str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--split", "train",
+            "--limit", str(ROWS), "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1"]
+    finished = kill_eval_at_first_shard(args, killed, timeout=120)
     assert 1 <= finished < ROWS // SHARD_ROWS and not (killed / "predictions.csv").exists()
     resumed = _eval(tiny_export[1], toy_data_dir, killed)
     assert resumed["shards_resumed"] == finished
