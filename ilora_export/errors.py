@@ -44,6 +44,11 @@ class ExportError(IloraError):
     """An export directory (graphs, external data, expert bank, manifest) that does not validate."""
 
 
+class OutputError(IloraError):
+    """An output path that cannot be written: permissions, a full disk, a file in the way, or a folder
+    that holds files this tool did not write."""
+
+
 class ValidationError(IloraError):
     """Two backends disagree beyond the tolerance the graph contract declares."""
 

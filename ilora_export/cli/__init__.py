@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
@@ -58,15 +59,26 @@ def cli():
     """
 
 
+def _fail(err: IloraError) -> NoReturn:
+    click.echo(f"Error: {err.message}", err=True)
+    if err.hint:
+        click.echo(f"Hint: {err.hint}", err=True)
+    sys.exit(1)
+
+
 def main(argv=None):
     """Entry point: user errors print a message and a hint, bugs keep their traceback."""
     try:
         cli.main(args=argv, standalone_mode=False)
     except IloraError as err:
-        click.echo(f"Error: {err.message}", err=True)
-        if err.hint:
-            click.echo(f"Hint: {err.hint}", err=True)
-        sys.exit(1)
+        _fail(err)
+    except OSError as err:  # everyday file-system faults that no library call put in its own words
+        from ilora_export.fileio import os_error_as_user_error
+
+        user_error = os_error_as_user_error(err)
+        if user_error is None:
+            raise
+        _fail(user_error)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

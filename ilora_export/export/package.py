@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ilora_export.artifacts.kinds import EXPORT, of_kind
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.export.contract import DECODER_FILE, ENCODER_FILE, encoder_contract
 from ilora_export.export.manifest import (
@@ -24,7 +25,7 @@ from ilora_export.export.manifest import (
     bank_metadata,
     write_manifest,
 )
-from ilora_export.fileio import atomic_dir, hash_tree, sha256_file
+from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
 
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
@@ -96,6 +97,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
     if dtype not in DTYPE_NAMES:
         raise IloraError(f"unknown dtype {dtype!r}", "use fp32 or fp16")
     dtype_name = DTYPE_NAMES[dtype]
+    check_replaceable(output, of_kind(EXPORT), "an export")  # before minutes of work, not after
     t0 = time.perf_counter()
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.float().eval()
@@ -103,7 +105,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
     say(f"loaded {checkpoint} ({shape.num_layers} layers, hidden {shape.hidden_size}, "
         f"K {model.spec.num_experts}, r {model.spec.r}) in {time.perf_counter() - t0:.0f} s")
     ckpt_path = Path(loaded.info.path)
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, replaceable=of_kind(EXPORT), what="an export") as tmp:
         t = time.perf_counter()
         export_encoder(model, tmp / ENCODER_FILE, shape)
         say(f"encoder graph written ({time.perf_counter() - t:.0f} s)")

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ilora_export.artifacts.kinds import EXPORT, of_kind
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.export.contract import DECODER_FILE
 from ilora_export.export.manifest import MANIFEST, read_manifest, write_manifest
-from ilora_export.fileio import atomic_dir, hash_tree, sha256_file
+from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
 
 BITS = (8, 4)
 # MatMulNBits compute type: 0 = as the graph (fp32), 4 = int8 activations. On x86 CPUs only 4 has fast
@@ -130,8 +131,9 @@ def quantize_export(source, output, *, bits: int = 8, block_size: int = 32, accu
         raise IloraError(f"--block-size {block_size} must be a power of two >= 16", "32 is a good default")
     info = read_manifest(source)
     _check_source(info)
+    check_replaceable(output, of_kind(EXPORT), "an export")
     t0 = time.perf_counter()
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, replaceable=of_kind(EXPORT), what="an export") as tmp:
         for item in info.path.iterdir():
             if item.name in (MANIFEST, DECODER_FILE, DECODER_FILE + ".data"):
                 continue

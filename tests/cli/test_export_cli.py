@@ -65,3 +65,43 @@ def test_missing_checkpoint_fails_cleanly(tmp_path, capsys):
     assert cli_exit_code(["onnx", str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error:") and not (tmp_path / "out").exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_onnx_never_replaces_a_folder_it_did_not_write(pipeline, tmp_path, capsys):
+    root, ckpt, _ = pipeline
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("keep me")
+    for target in (user, root, ckpt):  # a user's folder, a fine-tuning folder, the checkpoint itself
+        before = sorted(p.relative_to(target) for p in target.rglob("*"))
+        assert cli_exit_code(["onnx", str(ckpt), "-o", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to replace it" in err and "Hint:" in err and "Traceback" not in err
+        assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
+        assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]
+    assert (user / "notes.txt").read_text() == "keep me"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli_exit_code(["onnx", str(ckpt), "-o", str(blocker)]) == 2  # click's own usage error
+    assert "is a file" in capsys.readouterr().err and blocker.read_text() == "x"
+
+
+def test_onnx_replaces_its_previous_export_and_cleans_abandoned_temporaries(pipeline, tmp_path):
+    _, ckpt, export = pipeline
+    target = shutil.copytree(export, tmp_path / "onnx")
+    abandoned = tmp_path / f".onnx.tmp-{_dead_pid()}-x1"  # left by a killed export
+    (abandoned / "decoder.onnx.data").parent.mkdir()
+    (abandoned / "decoder.onnx.data").write_bytes(b"\0" * 1024)
+    (target / "stale-extra.txt").write_text("an export's folder is replaced as a whole")
+    assert cli_exit_code(["onnx", str(ckpt), "-o", str(target), "--no-validate"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+    assert json.loads((target / "manifest.json").read_text())["format"] == "ilora-export/onnx"
+    assert not (target / "stale-extra.txt").exists()
