@@ -211,6 +211,19 @@ def test_value_checks(tmp_path, key, value, problem):
     assert fail(tmp_path, MINIMAL, [f"{key}={value}"]) == [problem]
 
 
+def test_non_finite_numbers_are_refused_all_at_once(tmp_path):
+    lines = fail(tmp_path, MINIMAL + "train:\n  lr: .inf\n", [
+        "sasrec.lr=.nan", "train.max_grad_norm=.inf", "adapter.alpha=-.inf", "train.weight_decay=.nan",
+    ])
+    assert lines == [
+        "sasrec.lr: must be a finite number; got nan",
+        "adapter.alpha: must be a finite number; got -inf",
+        "train.lr: must be a finite number; got inf",
+        "train.weight_decay: must be a finite number; got nan",
+        "train.max_grad_norm: must be a finite number; got inf",
+    ]
+
+
 def test_boundary_values_are_accepted(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL), [
         "adapter.dropout=0", "adapter.num_experts=1", "adapter.r=1", "train.eval_rows=0", "train.warmup_steps=0",
