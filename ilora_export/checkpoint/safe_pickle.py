@@ -8,11 +8,13 @@ Tensors are rebuilt from the raw storage bytes by code in this module (never by 
 unpickling). Classes of whole pickled objects (``torch.save(model)``) map to *stand-ins*: inert
 classes that only record the pickled ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``,
 hyperparameters) and run no code; :func:`module_state_dict` turns such a record into a state dict.
+
+The unpickler, the stand-ins and the numpy helpers live in :mod:`ilora_export.unpickle` (torch-free);
+this module adds what torch files need.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import argparse
 import io
 import pickle
@@ -27,12 +29,24 @@ import numpy as np
 import torch
 
 from ilora_export.errors import CheckpointError, UnsafePickleError
+from ilora_export.unpickle import (
+    PickledDict,
+    PickledObject,
+    RestrictedUnpickler,
+    codecs_encode,
+    numpy_dtype,
+    numpy_scalar,
+    set_dict_state,
+    set_dtype_state,
+    stand_in,
+    stand_ins,
+)
 
 __all__ = [
     "DEFAULT_ALLOWED",
+    "TORCH_NN_ALLOWED",
     "PickledDict",
     "PickledObject",
-    "TORCH_NN_ALLOWED",
     "module_state_dict",
     "safe_load",
     "stand_in",
@@ -41,58 +55,6 @@ __all__ = [
 
 # The first object of a legacy (pre zip) torch.save file.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class PickledObject:
-    """Inert record of a pickled object whose class we refuse to import.
-
-    Creating one runs no code of the pickled class: the unpickler only stores the constructor
-    arguments (if any) and the pickled state. ``qualname`` is the ``module.name`` the pickle used.
-    """
-
-    qualname = "?"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.__dict__["_pickle_args"] = (args, kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        slots = None
-        if isinstance(state, tuple) and len(state) == 2:
-            state, slots = state
-        for part in (state, slots):
-            if part is None:
-                continue
-            if not isinstance(part, dict):
-                raise UnsafePickleError(f"pickled state of {self.qualname} is not a dict")
-            self.__dict__.update(part)
-
-    def __repr__(self) -> str:
-        return f"<pickled {self.qualname}>"
-
-
-class PickledDict(dict):
-    """Inert stand-in for a pickled ``dict`` subclass (e.g. Lightning's ``AttributeDict``)."""
-
-    qualname = "?"
-
-    def __repr__(self) -> str:
-        return f"<pickled {self.qualname} {dict.__repr__(self)}>"
-
-
-def stand_in(qualname: str, *, mapping: bool = False) -> type:
-    """A fresh inert class standing in for the pickled class ``qualname``.
-
-    ``mapping=True`` gives a ``dict`` subclass, for pickled dict subclasses (their items are
-    pickled as dict items, which a plain record could not take).
-    """
-    name = qualname.rsplit(".", 1)[-1]
-    base = PickledDict if mapping else PickledObject
-    return type(name, (base,), {"qualname": qualname, "__module__": __name__})
-
-
-def stand_ins(*qualnames: str, mapping: bool = False) -> dict[str, type]:
-    """``{qualname: stand_in(qualname)}`` for an allowlist."""
-    return {q: stand_in(q, mapping=mapping) for q in qualnames}
 
 
 # ------------------------------------------------------------------ safe replacements of globals
@@ -144,27 +106,6 @@ def _rebuild_parameter(data, requires_grad, backward_hooks=None, state=None):
     return torch.nn.Parameter(data.detach(), requires_grad=bool(requires_grad) and data.is_floating_point())
 
 
-def _numpy_dtype(spec, align=False, copy=False):
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"numpy dtype {spec!r} is not a plain type code")
-    dtype = np.dtype(spec, bool(align), bool(copy))
-    if dtype.hasobject:
-        raise UnsafePickleError("numpy object dtypes are refused")
-    return dtype
-
-
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise UnsafePickleError("numpy scalar record is not a plain number")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
-
-
-def _codecs_encode(text, encoding="utf-8"):
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError("only latin1-encoded byte strings may be rebuilt")
-    return text.encode("latin1")
-
-
 def _device(*args):
     if not all(isinstance(a, (str, int)) for a in args):
         raise UnsafePickleError("malformed torch.device record")
@@ -183,10 +124,10 @@ DEFAULT_ALLOWED: dict[str, object] = {
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch.Size": torch.Size,
     "torch.device": _device,
-    "numpy.core.multiarray.scalar": _numpy_scalar,
-    "numpy._core.multiarray.scalar": _numpy_scalar,
-    "numpy.dtype": _numpy_dtype,
-    "_codecs.encode": _codecs_encode,
+    "numpy.core.multiarray.scalar": numpy_scalar,
+    "numpy._core.multiarray.scalar": numpy_scalar,
+    "numpy.dtype": numpy_dtype,
+    "_codecs.encode": codecs_encode,
     "argparse.Namespace": argparse.Namespace,
     **{name: _StorageType(dtype) for name, dtype in _STORAGE_TYPES.items()},
     **stand_ins(
@@ -220,51 +161,24 @@ TORCH_NN_ALLOWED: dict[str, object] = stand_ins(
 
 # ------------------------------------------------------------------ the unpickler
 
+_HINT = ("The file may be malicious, or it holds an object this loader does not know. "
+        "Only load checkpoints from sources you trust; do not bypass the allowlist.")
 
-def _load_build(self: _RestrictedUnpickler) -> None:
-    """BUILD (set the state of the object on the stack) only on objects meant to have state."""
-    state = self.stack.pop()
-    inst = self.stack[-1]
-    if isinstance(inst, PickledObject):
-        inst.__setstate__(state)
-    elif isinstance(inst, PickledDict) or type(inst) in (OrderedDict, argparse.Namespace):
-        if not isinstance(state, dict):
-            raise UnsafePickleError(f"{self._source}: pickled state of {type(inst).__name__} is not a dict")
-        inst.__dict__.update(state)  # e.g. a state dict's ``_metadata``
-    elif isinstance(inst, np.dtype) and isinstance(state, tuple):
-        inst.__setstate__(state)
-    else:
-        raise UnsafePickleError(f"{self._source}: refusing to set the state of {type(inst).__name__!r}")
+#: BUILD on anything else is refused: stand-ins, a state dict's ``_metadata``, ``argparse.Namespace``
+#: attributes and a numpy dtype's byte order.
+_SETTERS = {OrderedDict: set_dict_state, argparse.Namespace: set_dict_state, np.dtype: set_dtype_state}
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # the pure-python unpickler: BUILD can be overridden
-    dispatch = dict(pickle._Unpickler.dispatch)
-    dispatch[pickle.BUILD[0]] = _load_build
+def _unpickler(file, allowed: Mapping[str, object], source: str, storages=None) -> RestrictedUnpickler:
+    """``storages(pid) -> flat tensor`` resolves ``("storage", ...)`` persistent ids; None for plain pickles."""
 
-    def __init__(self, file, *, allowed: Mapping[str, object], source: str, storages=None):
-        super().__init__(file, encoding="utf-8")
-        self._allowed = allowed
-        self._source = source
-        self._storages = storages  # callable(pid) -> flat tensor, or None for plain pickles
+    def persistent_load(pid: Any) -> object:
+        if storages is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise UnsafePickleError(f"{source}: unexpected persistent id {pid!r}")
+        return storages(pid)
 
-    def find_class(self, module: str, name: str) -> object:
-        if self.proto < 3:  # python 2 names (``__builtin__.set``)
-            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        qualname = f"{module}.{name}"
-        try:
-            return self._allowed[qualname]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to load global {qualname!r} (not in the allowlist)",
-                hint="The file may be malicious, or it holds an object this loader does not know. "
-                "Only load checkpoints from sources you trust; do not bypass the allowlist.",
-            ) from None
-
-    def persistent_load(self, pid: Any) -> object:
-        if self._storages is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise UnsafePickleError(f"{self._source}: unexpected persistent id {pid!r}")
-        return self._storages(pid)
+    return RestrictedUnpickler(file, allowed=allowed, source=source, setters=_SETTERS,
+                               persistent_load=persistent_load, hint=_HINT)
 
 
 def _storage_dtype(storage_type: object, source: str) -> torch.dtype:
@@ -308,19 +222,17 @@ def _load_zip(path: Path, allowed: Mapping[str, object], source: str) -> object:
             return cache[key]
 
         with zf.open(pkl[0]) as f:
-            return _RestrictedUnpickler(
-                io.BytesIO(f.read()), allowed=allowed, source=source, storages=storage
-            ).load()
+            return _unpickler(io.BytesIO(f.read()), allowed, source, storage).load()
 
 
 def _load_stream(path: Path, allowed: Mapping[str, object], source: str) -> object:
     """A plain pickle, or a legacy torch file: magic, protocol, sys info, object, keys, raw data."""
     with open(path, "rb") as f:
-        first = _RestrictedUnpickler(f, allowed=allowed, source=source).load()
+        first = _unpickler(f, allowed, source).load()
         if first != _LEGACY_MAGIC:
             return first
-        _RestrictedUnpickler(f, allowed=allowed, source=source).load()  # protocol version
-        _RestrictedUnpickler(f, allowed=allowed, source=source).load()  # sys info
+        _unpickler(f, allowed, source).load()  # protocol version
+        _unpickler(f, allowed, source).load()  # sys info
         pending: dict[str, torch.Tensor] = {}
 
         def storage(pid: tuple) -> torch.Tensor:
@@ -334,8 +246,8 @@ def _load_stream(path: Path, allowed: Mapping[str, object], source: str) -> obje
                 pending[key] = torch.zeros(int(numel), dtype=_storage_dtype(storage_type, source))
             return pending[key]
 
-        obj = _RestrictedUnpickler(f, allowed=allowed, source=source, storages=storage).load()
-        keys = _RestrictedUnpickler(f, allowed=allowed, source=source).load()
+        obj = _unpickler(f, allowed, source, storage).load()
+        keys = _unpickler(f, allowed, source).load()
         for key in keys:
             buf = pending.get(str(key))
             if buf is None:

@@ -82,6 +82,33 @@ def test_setting_state_on_an_allowed_class_is_refused(tmp_path):
     assert not hasattr(argparse.Namespace, "planted")
 
 
+class _Reduce:
+    """Pickles as ``func(*args)`` followed by BUILD ``state``: for hand-made pickles."""
+
+    def __init__(self, func, args, state):
+        self.rv = (func, args, state)
+
+    def __reduce__(self):
+        return self.rv
+
+
+@pytest.mark.parametrize("spec, state", [
+    ("V8", (3, "|", None, ("a",), {"a": (np.dtype("i8"), 0)}, 8, 1, 0)),  # fields on a void dtype
+    ("i8", (3, "<", None, None, None, -1, -1, 63)),  # an integer flagged as holding object pointers
+])
+def test_dtype_state_beyond_byte_order_is_refused(tmp_path, spec, state):
+    path = tmp_path / "dtype.pkl"
+    path.write_bytes(pickle.dumps([_Reduce(np.dtype, (spec, False, True), state)], protocol=2))
+    with pytest.raises(UnsafePickleError, match=f"{path}: .*dtype"):
+        safe_load(path)
+
+
+def test_dtype_byte_order_state_loads(tmp_path):
+    path = tmp_path / "dtype.pkl"
+    path.write_bytes(pickle.dumps([np.dtype(">i4"), np.float32(2.5), np.int64(-3)], protocol=2))
+    assert safe_load(path) == [np.dtype(">i4"), 2.5, -3]
+
+
 def test_allowlist_is_a_parameter(tmp_path):
     path = _save(OrderedDict(w=torch.ones(2)), tmp_path / "sd.pt", "zip")
     with pytest.raises(UnsafePickleError, match=r"collections\.OrderedDict"):
