@@ -137,17 +137,18 @@ _SCALARS = {
 }
 
 
-def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: UnknownKey, declared: Any = None) -> Any:
+def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: UnknownKey, defaults: bool,
+             declared: Any = None) -> Any:
     """``value`` checked against the type ``tp`` (and converted, int -> float); ``NO_VALUE`` on a problem.
 
     ``declared`` is the field's full type (``int | None``) when ``tp`` is its non-null part, for messages.
     """
     inner = _optional_inner(tp)
     if inner is not None:
-        return None if value is None else _convert(inner, value, key, problems, unknown, declared=tp)
+        return None if value is None else _convert(inner, value, key, problems, unknown, defaults, declared=tp)
     declared = declared or tp
     if dataclasses.is_dataclass(tp):
-        return build(tp, {} if value is None else value, key, problems, unknown=unknown)
+        return build(tp, {} if value is None else value, key, problems, unknown=unknown, defaults=defaults)
     origin = typing.get_origin(tp)
     if origin in (list, dict) or tp is dict:
         if not isinstance(value, list if origin is list else Mapping):
@@ -156,11 +157,11 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: Unknow
         if tp is dict:  # a free-form mapping
             return dict(value)
         if origin is list:
-            items = [_convert(typing.get_args(tp)[0], item, f"{key}[{i}]", problems, unknown)
+            items = [_convert(typing.get_args(tp)[0], item, f"{key}[{i}]", problems, unknown, defaults)
                      for i, item in enumerate(value)]
             return NO_VALUE if any(item is NO_VALUE for item in items) else items
         item_tp = typing.get_args(tp)[1]
-        items = {k: _convert(item_tp, v, f"{key}[{k!r}]", problems, unknown) for k, v in value.items()}
+        items = {k: _convert(item_tp, v, f"{key}[{k!r}]", problems, unknown, defaults) for k, v in value.items()}
         return NO_VALUE if any(v is NO_VALUE for v in items.values()) else items
     if tp not in _SCALARS:
         raise TypeError(f"unsupported field type {tp!r}")
@@ -178,11 +179,14 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: Unknow
     return value
 
 
-def build(cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: UnknownKey = close_key) -> Any:
+def build(cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: UnknownKey = close_key,
+          defaults: bool = True) -> Any:
     """An instance of the dataclass ``cls`` from the mapping ``raw``; ``NO_VALUE`` if anything is wrong.
 
     Every problem (unknown and missing keys, types, value rules, cross checks) is appended to
-    ``problems`` as ``"dotted.key: text"``; ``unknown`` words the unknown-key problems.
+    ``problems`` as ``"dotted.key: text"``; ``unknown`` words the unknown-key problems. With
+    ``defaults=False`` every key must be present (a file that records every field, like a checkpoint's
+    config.json), defaults notwithstanding.
     """
     if not isinstance(raw, Mapping):
         problems.append(f"{prefix or '(top level)'}: expected a mapping of keys, got {describe(raw)}")
@@ -200,6 +204,9 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: Unk
     for f in fields:
         key = join(prefix, f.name)
         tp = hints[f.name]
+        if f.name not in raw and not defaults:
+            problems.append(f"{key}: missing required key")
+            continue
         if f.name not in raw:
             if f.default is not dataclasses.MISSING:
                 values[f.name] = f.default
@@ -213,7 +220,7 @@ def build(cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: Unk
                 problems.append(f"{key}: missing required key")
                 continue
         else:
-            value = _convert(tp, raw[f.name], key, problems, unknown)
+            value = _convert(tp, raw[f.name], key, problems, unknown, defaults)
         if value is NO_VALUE:
             continue
         if not dataclasses.is_dataclass(tp):

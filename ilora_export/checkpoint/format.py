@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from ilora_export.errors import CheckpointError
 from ilora_export.fileio import atomic_dir, find_hash_problem, hash_tree
+from ilora_export.model.spec import AdapterSpec
+from ilora_export.schema import build, opt
 
 FORMAT = "ilora-export/checkpoint"
 FORMAT_VERSION = 1
@@ -55,14 +58,33 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, float] | None:
+    """(name, value) of the first tensor (by name) holding a NaN or an infinity, or None."""
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point():
+            bad = t[~torch.isfinite(t)]
+            if bad.numel():
+                return name, float(bad[0])
+    return None
+
+
 def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, catalogue,
                     templates, extra: dict | None = None) -> Path:
-    """Write ``model`` (an ILoRAModel) as a checkpoint directory at ``path``, atomically."""
+    """Write ``model`` (an ILoRAModel) as a checkpoint directory at ``path``, atomically.
+
+    Weights holding a NaN or an infinity are refused before anything is written."""
     path = Path(path)
+    tensors = {ADAPTER: _contiguous(model.adapter_state_dict()), ADDED_TOKENS: _contiguous(model.added_token_rows()),
+               SASREC: _contiguous(model.sasrec.state_dict())}
+    for part in tensors.values():
+        if bad := non_finite(part):
+            raise CheckpointError(f"{path}: {bad[0]} holds non-finite values ({bad[1]}); not saved",
+                                  "the weights diverged (or their source is broken): lower the learning rate "
+                                  "and train again")
     with atomic_dir(path) as tmp:
-        save_file(_contiguous(model.adapter_state_dict()), tmp / ADAPTER)
-        save_file(_contiguous(model.added_token_rows()), tmp / ADDED_TOKENS)
-        save_file(_contiguous(model.sasrec.state_dict()), tmp / SASREC)
+        for name, part in tensors.items():
+            save_file(part, tmp / name)
         model.tokenizer.save_pretrained(tmp / TOKENIZER)
         titles = [catalogue.titles[i] for i in range(catalogue.num_items)]
         (tmp / CATALOGUE).write_text(json.dumps({"pad_id": catalogue.pad_id, "titles": titles},
@@ -93,38 +115,123 @@ def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, c
 
 
 @dataclass
+class _BaseModelRecord:
+    ref: str = opt(nonempty=True)
+    path: str = opt(nonempty=True)
+    fingerprint: str = opt(nonempty=True)
+    model_type: str = opt(nonempty=True)
+    hidden_size: int = opt(ge=1)
+    num_hidden_layers: int = opt(ge=1)
+    vocab_size_before_tokens: int = opt(ge=1)
+
+
+@dataclass
+class _SASRecRecord:  # SASRec's constructor arguments
+    item_num: int = opt(ge=1)
+    hidden: int = opt(ge=1)
+    state_size: int = opt(ge=1)
+    num_heads: int = opt(ge=1)
+    dropout: float = opt(ge=0, lt=1)
+
+
+@dataclass
+class _CatalogueRecord:
+    num_items: int = opt(ge=1)
+    pad_id: int = opt(ge=0)
+
+
+@dataclass
+class _PromptsRecord:
+    source: str = opt()
+    count: int = opt(ge=1)
+
+
+@dataclass
+class _ConfigRecord:
+    """config.json: every key is required (``extra`` may be null); the loaders read these."""
+
+    format: str = opt()
+    format_version: int = opt()
+    base_model: _BaseModelRecord = opt()
+    tokens: dict[str, int] = opt(nonempty=True)
+    adapter: AdapterSpec = opt()
+    sasrec: _SASRecRecord = opt()
+    catalogue: _CatalogueRecord = opt()
+    prompts: _PromptsRecord = opt()
+    files: dict[str, str] = opt(nonempty=True)
+    extra: dict | None = opt()
+
+
+@dataclass
 class CheckpointInfo:
-    """A validated checkpoint directory (files present, hashes match); nothing heavy loaded."""
+    """A validated checkpoint directory (config complete, files present, hashes match); nothing heavy loaded."""
 
     path: Path
     config: dict
 
 
+_HINT = "point at a directory written by `ilora-export finetune` (its ckpt/ folder)"
+_CONFIG_HINT = ("config.json was edited or damaged: restore it, or run the same `ilora-export finetune` command "
+                "again to re-save the checkpoint from its trainer state")
+
+
+def _config_problems(config) -> list[str]:
+    """Every problem of a parsed config.json, as ``"dotted.key: problem"``."""
+    if not isinstance(config, Mapping):
+        return []
+    raw = {"extra": None} | dict(config)
+    if isinstance(raw.get("adapter"), Mapping):  # scaling = alpha / (r / K) documents the adapter; not read back
+        raw["adapter"] = {k: v for k, v in raw["adapter"].items() if k != "scaling"}
+    problems: list[str] = []
+    build(_ConfigRecord, raw, "", problems, defaults=False)
+    return problems
+
+
+def _other_folder(path: Path) -> CheckpointError | None:
+    """The error for a folder that is something else than a checkpoint (an export, engines, a run)."""
+    if (path / "manifest.json").is_file():
+        return CheckpointError(f"{path} is an ONNX export, not a checkpoint",
+                               f"evaluate an export with `ilora-export eval {path} --backend ort`; commands that "
+                               "read a checkpoint want the fine-tuning output's ckpt/ folder")
+    if (path / "engines.json").is_file():
+        return CheckpointError(f"{path} is a TensorRT engines folder, not a checkpoint",
+                               f"evaluate engines with `ilora-export eval {path} --backend trt`; commands "
+                               "that read a checkpoint want the fine-tuning output's ckpt/ folder")
+    if (path / "ckpt" / CONFIG).is_file():
+        return CheckpointError(f"{path} is a fine-tuning output folder, not a checkpoint",
+                               f"pass its checkpoint: {path / 'ckpt'}")
+    return None
+
+
 def read_checkpoint(path) -> CheckpointInfo:
-    """Validate a checkpoint directory's config and file hashes."""
+    """Validate a checkpoint directory: config.json (every key, its type and range) and file hashes."""
     path = Path(path)
-    hint = "point at a directory written by `ilora-export finetune` (its ckpt/ folder)"
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint directory not found", hint)
+        raise CheckpointError(f"{path}: checkpoint directory not found", _HINT)
     cfg_path = path / CONFIG
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{cfg_path}: missing; {path} is not a complete checkpoint", hint) from None
+        raise _other_folder(path) or CheckpointError(f"{cfg_path}: missing; {path} is not a complete checkpoint",
+                                                     _HINT) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{cfg_path}: unreadable ({err})", hint) from None
-    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: not an {FORMAT} v{FORMAT_VERSION} config", hint)
-    problem = find_hash_problem(path, config.get("files", {}))
+        raise CheckpointError(f"{cfg_path}: unreadable ({err})", _HINT) from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: not an {FORMAT} v{FORMAT_VERSION} config", _HINT)
+    problems = _config_problems(config)
+    if problems:
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} problems: {'; '.join(problems)}"
+        raise CheckpointError(f"{cfg_path}: {listed}", _CONFIG_HINT)
+    problem = find_hash_problem(path, config["files"])
     if problem and problem[1] == "missing":
         raise CheckpointError(f"{problem[0]}: listed in config.json but missing", "the checkpoint is incomplete; "
                               "re-save it")
     if problem:
         raise CheckpointError(f"{problem[0]}: sha256 does not match config.json (truncated or modified)",
                               "the checkpoint is corrupt; re-save it from training")
-    for required in (ADAPTER, ADDED_TOKENS, SASREC, CATALOGUE, PROMPTS):
-        if required not in config.get("files", {}):
-            raise CheckpointError(f"{path}: config.json lists no {required}", hint)
+    for required in (ADAPTER, ADDED_TOKENS, SASREC, CATALOGUE, PROMPTS, f"{TOKENIZER}/"):
+        if not any(f == required or f.startswith(required) and required.endswith("/") for f in config["files"]):
+            raise CheckpointError(f"{cfg_path}: files lists no {required}", _CONFIG_HINT)
     return CheckpointInfo(path, config)
 
 
@@ -145,7 +252,13 @@ def read_templates(file: Path, source: str):
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's safetensors file; a NaN or an infinity in any of them is refused."""
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors ({err})") from None
+    if bad := non_finite(tensors):
+        raise CheckpointError(f"{path}: {bad[0]} holds non-finite values ({bad[1]})",
+                              "the weights diverged when they were trained; train again with a lower learning "
+                              "rate, or use an earlier checkpoint")
+    return tensors

@@ -11,6 +11,7 @@ from ilora_export.checkpoint.format import (
     ADAPTER,
     ADDED_TOKENS,
     CATALOGUE,
+    CONFIG,
     PROMPTS,
     SASREC,
     TOKENIZER,
@@ -93,16 +94,28 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
                               "the checkpoint is inconsistent; re-save it")
     llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
-    sasrec = SASRec(**cfg["sasrec"])
-    _load_strict(sasrec, read_tensors(info.path / SASREC), info.path / SASREC)
-    model = ILoRAModel(llm, tokenizer, sasrec, AdapterSpec.from_dict(cfg["adapter"]))
+    sasrec = _build(lambda: SASRec(**cfg["sasrec"]), info.path / CONFIG, "sasrec")
+    sasrec_cfg = _described("sasrec", cfg["sasrec"])
+    _load_strict(sasrec, read_tensors(info.path / SASREC), info.path / SASREC, f"config.json's {sasrec_cfg}")
+    spec = AdapterSpec.from_dict(cfg["adapter"])
+    model = _build(lambda: ILoRAModel(llm, tokenizer, sasrec, spec), info.path / CONFIG, "adapter")
+    # The expected adapter shapes follow from config.json and the base model; with the recorded base
+    # model (same fingerprint), a mismatch can only be config.json contradicting the tensors.
+    described, hint = f"config.json's {_described('adapter', cfg['adapter'])} with sasrec hidden={sasrec.hidden}", None
+    if not fingerprint_ok:
+        described += f" on the base model {base_dir} (not the files it was trained with)"
+        hint = "pass the base model the checkpoint was trained on with --base-model, or restore config.json"
     adapter = read_tensors(info.path / ADAPTER)
     expected = model.adapter_state_dict()
-    _check_shapes(expected, adapter, info.path / ADAPTER)
+    _check_shapes(expected, adapter, info.path / ADAPTER, described, hint)
     with torch.no_grad():
         for k, v in expected.items():
             v.copy_(adapter[k])
-    model.load_added_token_rows(read_tensors(info.path / ADDED_TOKENS))
+    rows = read_tensors(info.path / ADDED_TOKENS)
+    _check_shapes(model.added_token_rows(), rows, info.path / ADDED_TOKENS,
+                  f"the base model {base_dir} with the tokens of config.json",
+                  "pass the base model the checkpoint was trained on with --base-model")
+    model.load_added_token_rows(rows)
     model.to(device=device).eval()
 
     catalogue = read_catalogue(info.path / CATALOGUE)
@@ -110,21 +123,38 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
     return LoadedCheckpoint(model, catalogue, templates, info, base_dir, fingerprint_ok)
 
 
-def _check_shapes(expected: dict, found: dict, where: Path) -> None:
+def _described(section: str, values: dict) -> str:
+    """``adapter section (r=8, num_experts=2, ...)``: a config section as messages quote it."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in values.items() if k not in ("target_modules", "scaling"))
+    return f"{section} section ({shown})"
+
+
+def _build(make, cfg_path: Path, section: str):
+    """``make()``, with a ValueError (settings the model refuses) as a CheckpointError naming the section."""
+    try:
+        return make()
+    except ValueError as err:
+        raise CheckpointError(f"{cfg_path}: {section}: {err}",
+                              "config.json was edited or does not fit this base model: restore it, or pass the "
+                              "base model the checkpoint was trained on with --base-model") from None
+
+
+def _check_shapes(expected: dict, found: dict, where: Path, described_by: str, hint: str | None = None) -> None:
+    """CheckpointError unless ``found`` has exactly the keys and shapes of ``expected``, which is what
+    ``described_by`` (the configuration that produced ``expected``) implies."""
+    hint = hint or "config.json does not describe these tensors (edited, or taken from another checkpoint): restore it"
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{where}: adapter keys do not match the model ({len(missing)} missing, e.g. "
-            f"{missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})",
-            "the adapter was trained for another base model or target_modules list")
+            f"{where}: the tensors do not match {described_by} ({len(missing)} missing, e.g. "
+            f"{missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})", hint)
     for k, t in expected.items():
         if tuple(found[k].shape) != tuple(t.shape):
             raise CheckpointError(
-                f"{where}: {k} has shape {tuple(found[k].shape)}, the base model needs {tuple(t.shape)}",
-                "the adapter shapes do not match this base model; pass the base model it was trained on")
+                f"{where}: {k} has shape {tuple(found[k].shape)}, but {described_by} implies {tuple(t.shape)}", hint)
 
 
-def _load_strict(module: torch.nn.Module, sd: dict, where: Path) -> None:
-    _check_shapes(module.state_dict(), sd, where)
+def _load_strict(module: torch.nn.Module, sd: dict, where: Path, described_by: str) -> None:
+    _check_shapes(module.state_dict(), sd, where, described_by)
     module.load_state_dict(sd, strict=True)
