@@ -83,19 +83,21 @@ class ShardStore:
         return self.row_ids[start:end]
 
     def open(self, *, restart: bool = False, replace_other: bool = False) -> None:
-        """Create or reopen the folder; refuses one that holds another evaluation unless ``restart``
-        (discard whatever is there) or ``replace_other`` (discard it only when it is another evaluation)."""
+        """Create or reopen the folder; refuses one that holds another evaluation (or an unreadable
+        run.json, or shard files outside the plan) unless ``restart`` (discard whatever is there) or
+        ``replace_other`` (discard it only when it is not this evaluation)."""
         run = self.root / RUN
         if run.is_file() and not restart:
-            try:
-                old = json.loads(run.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            if old.get("fingerprint") != self.fingerprint and replace_other:
+            old = self._read_run()
+            if (old is None or old["fingerprint"] != self.fingerprint) and replace_other:
                 restart = True
-            elif old.get("fingerprint") != self.fingerprint:
-                differ = sorted(k for k in set(old.get("identity", {})) | set(self.identity)
-                                if old.get("identity", {}).get(k) != self.identity.get(k))
+            elif old is None:
+                raise IloraError(f"{run}: unreadable or corrupt (not the JSON object an evaluation writes)",
+                                 "pass --restart to discard this folder's results and evaluate from scratch, "
+                                 "or write to another -o folder")
+            elif old["fingerprint"] != self.fingerprint:
+                differ = sorted(k for k in set(old["identity"]) | set(self.identity)
+                                if old["identity"].get(k) != self.identity.get(k))
                 raise IloraError(f"{self.root} holds results of another evaluation (differs in: "
                                  f"{', '.join(differ) or 'format'})",
                                  "write to another -o folder, or pass --restart to discard those results")
@@ -106,10 +108,34 @@ class ShardStore:
         shards.mkdir(parents=True, exist_ok=True)
         for stale in shards.glob(".shard-*.tmp-*"):  # a write cut short by a kill
             stale.unlink()
+        self._refuse_unexpected()
         with atomic_path(run) as tmp:
             tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "identity": self.identity,
                                        "shards": len(self.plan), "rows": len(self.row_ids)}, indent=2) + "\n",
                            encoding="utf-8")
+
+    def _read_run(self) -> dict | None:
+        """The folder's run.json, None when it is unreadable or not what :meth:`open` writes."""
+        try:
+            old = json.loads((self.root / RUN).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not (isinstance(old, dict) and isinstance(old.get("fingerprint"), str)
+                and isinstance(old.get("identity"), dict)):
+            return None
+        return old
+
+    def _refuse_unexpected(self) -> None:
+        """IloraError naming the first shard file that is not one of this plan's (the folder's
+        results would not be this evaluation's alone)."""
+        planned = {self.path(k).name for k in range(len(self.plan))}
+        unexpected = sorted(p.name for p in (self.root / SHARDS).glob("shard-*.parquet") if p.name not in planned)
+        if unexpected:
+            more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+            raise IloraError(f"{self.root / SHARDS}: unexpected file {unexpected[0]}{more}, not one of the "
+                             f"{len(self.plan)} shards of this evaluation",
+                             f"delete {'them' if more else 'it'} if not this evaluation's, or pass --restart to discard every shard "
+                             "in the folder and evaluate from scratch")
 
     def read(self, index: int) -> tuple[dict, list[dict]] | None:
         """(metadata, records) of a finished shard, None when absent or not this run's / incomplete."""
@@ -154,10 +180,9 @@ class ShardStore:
                 continue
             metas.append(got[0])
             records += got[1]
-        extra = sorted(p.name for p in (self.root / SHARDS).glob("shard-*.parquet")
-                       if int(p.stem.split("-")[1]) >= len(self.plan))
-        if missing or extra:
-            raise IloraError(f"{self.root}: shards {missing or ''} missing{', extra files ' + str(extra) if extra else ''}",
+        self._refuse_unexpected()
+        if missing:
+            raise IloraError(f"{self.root}: shards {missing} missing",
                              "run the same command again to finish (finished shards are kept)")
         seen = [r["row_id"] for r in records]
         if seen != self.row_ids or len(set(seen)) != len(seen):

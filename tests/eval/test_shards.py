@@ -98,3 +98,51 @@ def test_collect_refuses_missing_or_foreign_shards(whole, tmp_path):
     # a shard file of another run (other fingerprint) does not count as finished
     foreign = ShardStore(copy, run["identity"] | {"shard_rows": 99}, store.plan, store.row_ids)
     assert foreign.pending() == list(range(len(store.plan)))
+
+
+def _finished_store(root, rows=6, shard_rows=2):
+    """A store whose every shard is written (records hold only row ids), run.json included."""
+    store = ShardStore(root, {"model": "m", "shard_rows": shard_rows}, plan_shards(rows, shard_rows),
+                       list(range(rows)))
+    store.open()
+    for k, (start, end) in enumerate(store.plan):
+        store.write(k, [{"row_id": i, "answer": f"a{i}"} for i in range(start, end)], 0.0)
+    return store
+
+
+@pytest.mark.parametrize("name", ["shard-abc.parquet", "shard-00099.parquet"])
+def test_unexpected_shard_files_are_named_with_the_way_out(tmp_path, name):
+    store = _finished_store(tmp_path / "out")
+    (tmp_path / "out" / SHARDS / name).write_bytes(store.path(0).read_bytes())
+    for call in (store.collect, store.open):
+        with pytest.raises(IloraError, match=rf"shards: unexpected file {name}, not one of the 3 shards") as err:
+            call()
+        assert "delete it" in err.value.hint and "--restart" in err.value.hint
+        assert "run the same command again" not in err.value.hint
+    store.open(restart=True)  # discards every shard file, the stray one too
+    assert sorted(p.name for p in (tmp_path / "out" / SHARDS).iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"run"', '{"fingerprint": 3, "identity": [1]}', "\xff"])
+def test_corrupt_run_json_is_called_corrupt(tmp_path, text):
+    store = _finished_store(tmp_path / "out")
+    (tmp_path / "out" / "run.json").write_text(text, encoding="latin-1")
+    with pytest.raises(IloraError, match=r"run.json: unreadable or corrupt") as err:
+        store.open()
+    assert "another evaluation" not in err.value.message and "--restart" in err.value.hint
+    store.open(replace_other=True)  # a folder the caller owns is evaluated again from scratch
+    assert store.pending() == [0, 1, 2]
+
+
+def test_cli_stray_shard_file_gives_an_error_not_a_traceback(tiny_export, toy_data_dir, tmp_path, capsys):
+    from tests.factories import cli_exit_code
+
+    out = tmp_path / "out"
+    args = ["eval", str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--limit", "2",
+            "--shard-rows", "1", "--threads", "1", "-o", str(out)]
+    assert cli_exit_code(args) == 0
+    (out / SHARDS / "shard-abc.parquet").write_bytes(b"")
+    capsys.readouterr()
+    assert cli_exit_code(args) == 1
+    err = capsys.readouterr().err
+    assert "Error: " in err and "shard-abc.parquet" in err and "Hint: " in err and "Traceback" not in err
