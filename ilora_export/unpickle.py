@@ -23,10 +23,12 @@ from ilora_export.errors import UnsafePickleError
 
 __all__ = [
     "DEFAULT_HINT",
+    "NDARRAY",
     "PickledDict",
     "PickledObject",
     "RestrictedUnpickler",
     "StateSetter",
+    "Token",
     "codecs_encode",
     "numpy_dtype",
     "numpy_frombuffer",
@@ -101,6 +103,21 @@ def stand_ins(*qualnames: str, mapping: bool = False) -> dict[str, type]:
     return {q: stand_in(q, mapping=mapping) for q in qualnames}
 
 
+class Token:
+    """What a class name means where a pickle may only hand it to an allowlisted function (as
+    ``numpy.ndarray`` to :func:`numpy_reconstruct`): not callable, takes no state."""
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}>"
+
+
+#: ``numpy.ndarray`` in a pickle: only the first argument of :func:`numpy_reconstruct`.
+NDARRAY = Token("numpy.ndarray")
+
+
 # ------------------------------------------------------------------ state setters
 
 
@@ -137,7 +154,9 @@ def set_ndarray_state(array: Any, state: Any) -> None:
     """
     import numpy as np
 
-    fresh = type(array) is np.ndarray and array.shape == (0,) and array.base is None and array.flags.owndata
+    # only the empty int8 placeholder numpy_reconstruct made (or one a BUILD left just like it)
+    fresh = (type(array) is np.ndarray and array.shape == (0,) and array.dtype == np.int8 and array.base is None
+             and array.flags.owndata)
     if not fresh or not isinstance(state, tuple) or len(state) != 5:
         raise UnsafePickleError("refusing to set the state of a numpy array twice or in an unknown form")
     dtype = state[2]
@@ -185,10 +204,11 @@ def numpy_scalar(dtype: Any, data: Any = None):
 
 
 def numpy_reconstruct(subtype: Any, shape: Any, dtype: Any):
-    """``numpy.core.multiarray._reconstruct``: the empty plain array BUILD then fills."""
+    """``numpy.core.multiarray._reconstruct``: the empty plain array BUILD then fills (``subtype`` is
+    what the allowlist gives for ``numpy.ndarray``: :data:`NDARRAY`)."""
     import numpy as np
 
-    if subtype is not np.ndarray or shape != (0,) or dtype not in (b"b", "b"):
+    if subtype is not NDARRAY or shape != (0,) or dtype not in (b"b", "b"):
         raise UnsafePickleError(f"refusing numpy array record ({subtype!r}, {shape!r}, {dtype!r})")
     return np.ndarray.__new__(np.ndarray, (0,), "b")
 

@@ -23,7 +23,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ilora_export.errors import DataError
+from ilora_export.data.frames import load_frame_pickle
+from ilora_export.errors import DataError, IloraError
 
 #: split name -> file name inside the dataset folder
 SPLIT_FILES = {"train": "train_data.df", "valid": "Val_data.df", "test": "Test_data.df"}
@@ -37,6 +38,7 @@ REQUIRED_COLUMNS = ("seq", "len_seq", "next")
 
 _LAYOUT_HINT = ("A dataset folder holds id2name.txt (or a MovieLens u.item) plus train_data.df, "
                 "Val_data.df and Test_data.df in the LLaRA layout.")
+_SPLIT_HINT = "Split files are pandas DataFrames saved with DataFrame.to_pickle."
 
 
 @dataclass(frozen=True)
@@ -186,22 +188,27 @@ def load_catalogue(root) -> Catalogue:
 # Split files
 
 
-def _read_dataframe_pickle(path: Path) -> pd.DataFrame:
-    """Read one LLaRA split file.
+def read_split_file(path: str | Path) -> pd.DataFrame:
+    """Read one LLaRA split file (a pandas DataFrame pickle) without running code from it.
 
-    The split files are pandas pickles, and unpickling runs whatever the file says. Like the official
-    code, this treats dataset files as trusted inputs; this is the only place that unpickles them.
+    The file is unpickled with an allowlist of what a DataFrame pickle needs
+    (:func:`ilora_export.data.frames.load_frame_pickle`): any other global is refused with
+    :class:`~ilora_export.errors.UnsafePickleError` before it runs. This is the only place that reads
+    split files.
     """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found", hint=_LAYOUT_HINT)
     try:
-        frame = pd.read_pickle(path)
-    except Exception as err:  # any failure to unpickle is a bad file, not a bug here
+        frame = load_frame_pickle(path)
+    except IloraError:
+        raise
+    except Exception as err:  # any other failure to unpickle is a bad file, not a bug here
         raise DataError(f"{path}: cannot be read as a pandas pickle ({type(err).__name__}: {err})"[:300],
-                        hint="Split files are pandas DataFrames saved with DataFrame.to_pickle.") from None
+                        hint=_SPLIT_HINT) from None
     if not isinstance(frame, pd.DataFrame):
-        raise DataError(f"{path}: holds a {type(frame).__name__}, not a pandas DataFrame",
-                        hint="Split files are pandas DataFrames saved with DataFrame.to_pickle.")
+        raise DataError(f"{path}: holds a value of type {type(frame).__name__}, not a pandas DataFrame",
+                        hint=_SPLIT_HINT)
     return frame
 
 
@@ -232,8 +239,8 @@ def _normalize(frame: pd.DataFrame, path: Path, catalogue: Catalogue) -> tuple[p
     lengths = set()
     for row, seq in enumerate(raw_seqs):
         if not isinstance(seq, (list, tuple, np.ndarray)):
-            raise DataError(f"{path}: row {row}: 'seq' holds a {type(seq).__name__}, not a list of items",
-                            hint=_LAYOUT_HINT)
+            raise DataError(f"{path}: row {row}: 'seq' holds a value of type {type(seq).__name__}, "
+                            "not a list of items", hint=_LAYOUT_HINT)
         lengths.add(len(seq))
     if len(lengths) != 1:
         raise DataError(f"{path}: 'seq' lists have different lengths ({', '.join(map(str, sorted(lengths)))})",
@@ -306,7 +313,7 @@ class LlaraDataset:
         treat the frame as read-only."""
         path = self.split_path(name)
         if name not in self._splits:
-            frame, state_size = _normalize(_read_dataframe_pickle(path), path, self.catalogue)
+            frame, state_size = _normalize(read_split_file(path), path, self.catalogue)
             if self._state_size is not None and state_size != self._state_size:
                 raise DataError(f"{path}: 'seq' holds {state_size} items, other splits hold {self._state_size}",
                                 hint="All splits of a dataset use the same state size.")

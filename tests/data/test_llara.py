@@ -208,10 +208,17 @@ def test_not_a_pickle(toy_copy):
         load_dataset(toy_copy).split("valid")
 
 
-def test_pickle_of_something_else(toy_copy):
-    (toy_copy / "Val_data.df").write_bytes(pickle.dumps({"seq": [1, 2, 3]}))
-    with pytest.raises(DataError, match="Val_data.df: holds a dict, not a pandas DataFrame"):
+@pytest.mark.parametrize("value, kind", [({"seq": [1, 2, 3]}, "dict"), (7, "int"), ([1], "list")])
+def test_pickle_of_something_else(toy_copy, value, kind):
+    (toy_copy / "Val_data.df").write_bytes(pickle.dumps(value))
+    with pytest.raises(DataError, match=f"Val_data.df: holds a value of type {kind}, not a pandas DataFrame$"):
         load_dataset(toy_copy).split("valid")
+
+
+def test_seq_of_plain_ids(toy_copy):
+    _write_split(toy_copy, "test", [7, 8], [3, 3], [1, 2])
+    with pytest.raises(DataError, match="row 0: 'seq' holds a value of type int, not a list of items$"):
+        load_dataset(toy_copy).split("test")
 
 
 def test_missing_columns(toy_copy):
