@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ilora_export.base.cache import extract_member, fetch_wheel
 from ilora_export.errors import DataError
-from ilora_export.fileio import atomic_path
+from ilora_export.fileio import atomic_path, check_replaceable, clean_stale_temporaries
 
 RECBOLE_NAME = "recbole"
 RECBOLE_VERSION = "1.2.1"
@@ -46,6 +46,9 @@ GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
 
 SPLIT_FILES = {"train": "train_data.df", "valid": "Val_data.df", "test": "Test_data.df"}
 ITEM_FILE = "u.item"
+#: everything the builder writes; a folder holding exactly these is a previous output
+OUTPUT_FILES = (*SPLIT_FILES.values(), ITEM_FILE)
+_WHAT = "a MovieLens-100K demo dataset from demo-data"
 
 _YEAR = re.compile(r"^\d{4}$")
 _TRAILING_YEAR = re.compile(r"^(.*\S) \((\d{4})\)$")
@@ -124,12 +127,22 @@ def _u_item_line(item_id: int, title: str, year: str | None, genres: set[str]) -
     return f"{item_id}|{name}||||{flags}\n"
 
 
+def is_demo_output(folder: Path) -> bool:
+    """Whether ``folder`` holds exactly the files :func:`build_ml100k_demo` writes (a previous output)."""
+    try:
+        return sorted(p.name for p in folder.iterdir()) == sorted(OUTPUT_FILES)
+    except OSError:
+        return False
+
+
 def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                       max_seq_len: int = 10, progress: bool = True) -> Path:
     """Build the MovieLens-100K demo dataset (LLaRA layout) into ``out_dir``; return ``out_dir``.
 
-    Deterministic. Every file is written to a temporary name first and renamed into place once all
-    four are complete.
+    Deterministic. ``out_dir`` must be new, empty or a previous output (exactly the four files this
+    writes); any other folder is refused before anything is downloaded, so a dataset is never mixed
+    with another's files. Every file is written to a temporary name first and renamed into place once
+    all four are complete.
     """
     import pandas as pd
 
@@ -138,6 +151,9 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder", hint="choose another output folder")
+    for name in OUTPUT_FILES:  # temporaries a killed run left are not files of someone else's
+        clean_stale_temporaries(out / name)
+    check_replaceable(out, is_demo_output, _WHAT)
 
     wheel = fetch_wheel(RECBOLE_NAME, RECBOLE_VERSION, RECBOLE_SHA256, cache_dir=cache_dir, progress=progress)
     with tempfile.TemporaryDirectory(prefix="ilora-ml100k-") as tmp:
@@ -181,6 +197,6 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
 
 def split_counts(data_dir: str | os.PathLike) -> dict[str, int]:
     """Row counts of the three split files of a dataset this module built."""
-    import pandas as pd
+    from ilora_export.data.llara import read_split_file
 
-    return {split: len(pd.read_pickle(Path(data_dir) / name)) for split, name in SPLIT_FILES.items()}
+    return {split: len(read_split_file(Path(data_dir) / name)) for split, name in SPLIT_FILES.items()}

@@ -38,3 +38,23 @@ def test_evalset_user_error(tmp_path, capsys):
     assert f"Error: {tmp_path / 'missing'}: dataset folder not found" in err
     assert "Hint: " in err and "Traceback" not in err
     assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_demo_data_refuses_a_dataset_folder(tmp_path, capsys, monkeypatch):
+    from ilora_export.data import ml100k
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the recbole wheel was fetched")
+
+    monkeypatch.setattr(ml100k, "fetch_wheel", no_download)
+    lastfm = tmp_path / "lastfm"
+    lastfm.mkdir()
+    (lastfm / "id2name.txt").write_text("0::Morcheeba\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo-data", "ml100k", "-o", str(lastfm)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"Error: {lastfm} holds files that are not")
+    assert "id2name.txt" in lines[0] and lines[1].startswith("Hint: ")
+    assert [p.name for p in lastfm.iterdir()] == ["id2name.txt"]

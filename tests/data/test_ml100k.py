@@ -12,7 +12,7 @@ from ilora_export.base.cache import fetch_wheel
 from ilora_export.cli import cli
 from ilora_export.data import ml100k
 from ilora_export.data.ml100k import build_ml100k_demo, split_counts
-from ilora_export.errors import DataError
+from ilora_export.errors import DataError, IloraError, UnsafePickleError
 
 FILES = ("train_data.df", "Val_data.df", "Test_data.df", "u.item")
 PAD = 1682
@@ -119,7 +119,8 @@ def test_shorter_windows(tmp_path):
 def test_interrupted_build_leaves_old_files_and_no_temp(tmp_path, monkeypatch):
     out = tmp_path / "ml"
     out.mkdir()
-    (out / "train_data.df").write_bytes(b"previous")
+    for name in FILES:  # a previous output
+        (out / name).write_bytes(b"previous")
     real = pd.DataFrame.to_pickle
     calls = []
 
@@ -132,8 +133,75 @@ def test_interrupted_build_leaves_old_files_and_no_temp(tmp_path, monkeypatch):
     monkeypatch.setattr(pd.DataFrame, "to_pickle", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         build_ml100k_demo(out, progress=False)
-    assert [p.name for p in out.iterdir()] == ["train_data.df"]
-    assert (out / "train_data.df").read_bytes() == b"previous"
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert all((out / name).read_bytes() == b"previous" for name in FILES)
+
+
+def test_interrupted_build_leaves_no_new_folder(tmp_path, monkeypatch):
+    def crash(self, path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_pickle", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_ml100k_demo(tmp_path / "new" / "ml", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("the recbole wheel was fetched")
+
+
+@pytest.mark.parametrize("other", ["id2name.txt", "notes.md", ".hidden"])
+def test_refuses_a_folder_of_other_files(tmp_path, monkeypatch, other):
+    out = tmp_path / "lastfm"
+    out.mkdir()
+    (out / other).write_text("0::Morcheeba\n")
+    (out / "Test_data.df").write_bytes(b"theirs")
+    monkeypatch.setattr(ml100k, "fetch_wheel", _no_download)
+    with pytest.raises(IloraError, match=f"{out} holds files that are not .*demo dataset.*{other}") as err:
+        build_ml100k_demo(out, progress=False)
+    assert "\n" not in str(err.value) and "empty" in err.value.hint
+    assert sorted(p.name for p in out.iterdir()) == sorted([other, "Test_data.df"])
+    assert (out / "Test_data.df").read_bytes() == b"theirs"
+
+
+def test_refuses_part_of_a_dataset(tmp_path, monkeypatch):
+    out = tmp_path / "ml"
+    out.mkdir()
+    (out / "u.item").write_text("1|Mine (1995)|\n", encoding="iso-8859-1")
+    monkeypatch.setattr(ml100k, "fetch_wheel", _no_download)
+    with pytest.raises(IloraError, match="holds files that are not"):
+        build_ml100k_demo(out, progress=False)
+    assert (out / "u.item").read_text(encoding="iso-8859-1") == "1|Mine (1995)|\n"
+
+
+def test_failed_build_leaves_no_new_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise DataError("no network", hint="retry")
+
+    monkeypatch.setattr(ml100k, "fetch_wheel", offline)
+    with pytest.raises(DataError, match="no network"):
+        build_ml100k_demo(tmp_path / "new" / "ml", progress=False)
+    with pytest.raises(DataError, match="max_seq_len"):
+        build_ml100k_demo(tmp_path / "new" / "ml", progress=False, max_seq_len=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_counts_refuses_planted_files(tmp_path):
+    import os
+    import shlex
+
+    class RunsCommand:
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(tmp_path / 'pwned'))}",)
+
+    for name in FILES[:3]:
+        frame = pd.DataFrame({"seq": [[(1, 5)]], "len_seq": [1], "next": [(2, 4)]})
+        frame.attrs = {"note": RunsCommand()}
+        frame.to_pickle(tmp_path / name)
+    with pytest.raises(UnsafePickleError, match="train_data.df: refusing to load global"):
+        split_counts(tmp_path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_output_is_a_file(tmp_path):
@@ -148,5 +216,7 @@ def test_demo_data_command(tmp_path, ml):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{out}: train 97171 rows, valid 943 rows, test 943 rows"
     assert (out / "Test_data.df").read_bytes() == (ml / "Test_data.df").read_bytes()
+    again = CliRunner().invoke(cli, ["demo-data", "ml100k", "-o", str(out)])  # into its own previous output
+    assert again.exit_code == 0 and again.output == result.output
     missing = CliRunner().invoke(cli, ["demo-data", "ml100k"])
     assert missing.exit_code == 2 and "Missing option '-o'" in missing.output
