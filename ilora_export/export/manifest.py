@@ -17,8 +17,10 @@ Torch-free: reading a manifest needs only the standard library, numpy and safete
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from ilora_export.export.contract import (
 )
 from ilora_export.fileio import find_hash_problem
 from ilora_export.model import tokens as T
+from ilora_export.schema import build, describe, opt
 
 MANIFEST = "manifest.json"
 FORMAT = "ilora-export/onnx"
@@ -127,110 +130,168 @@ def verify_export_files(info: ExportInfo, names=None) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation: every key a loader reads, its type, and the graph contracts against the sizes
+# Validation: every key a loader reads (ilora_export.schema records), then the graph contracts
+# against the sizes, dtype and bank mode
 
 
-def _is_int(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+_TENSOR_KEYS = (("name", lambda v: isinstance(v, str) and v != "", "a tensor name"),
+                ("dtype", lambda v: v in ("float32", "float16", "int64"), "'float32', 'float16' or 'int64'"),
+                ("axes", lambda v: isinstance(v, list) and all(isinstance(a, str) or _is_size(a) for a in v),
+                 "a list of sizes and axis names"))
 
 
-def _is_bank_shapes(v) -> bool:  # "lora_A.q_proj" -> [L, in, r], "lora_B.q_proj" -> [L, r, out]
-    return isinstance(v, dict) and bool(v) and all(
-        isinstance(k, str) and k.split(".", 1)[0] in ("lora_A", "lora_B") and "." in k
-        and isinstance(s, list) and len(s) == 3 and all(_is_int(n, 1) for n in s) for k, s in v.items())
+def _is_size(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def _is_files(v) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(h, str) and len(h) == 64 for k, h in v.items())
+@dataclass
+class _GraphRecord:
+    """One graph contract (``contract.GraphContract.to_dict``)."""
+
+    file: str = opt(nonempty=True)
+    inputs: list[dict] = opt(nonempty=True)
+    outputs: list[dict] = opt(nonempty=True)
+    tolerance: dict[str, float] = opt(factory=dict)
+
+    @staticmethod
+    def _cross_check(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        for kind in ("inputs", "outputs"):
+            for i, tensor in enumerate(v.get(kind, ())):
+                for key, ok, what in _TENSOR_KEYS:
+                    if key not in tensor:
+                        yield f"{kind}[{i}].{key}", "missing required key"
+                    elif not ok(tensor[key]):
+                        yield f"{kind}[{i}].{key}", f"expected {what}, got {describe(tensor[key])}"
 
 
-_OBJECT = (lambda v: isinstance(v, dict), "an object")
-_POSITIVE = (lambda v: _is_int(v, 1), "a positive integer")
-_TOKEN_ID = (lambda v: _is_int(v, 0), "a token id")
-_BOOL = (lambda v: isinstance(v, bool), "true or false")
-_STR = (lambda v: isinstance(v, str), "a string")
-_NUMBER = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
-
-#: dotted key -> (test, what it must be), parents before their keys; the keys the loaders read
-_REQUIRED = (
-    ("dtype", (lambda v: v in ("float32", "float16"), "'float32' or 'float16'")),
-    ("bake_experts", _BOOL),
-    ("model", _OBJECT),
-    *((f"model.{k}", _POSITIVE) for k in (*(f for f in ModelShape.__dataclass_fields__ if f != "bank_shapes"),
-                                          "item_num", "state_size")),
-    ("model.bank_shapes", (_is_bank_shapes, "an object of lora_A.* / lora_B.* -> [layers, rows, columns]")),
-    ("adapter", _OBJECT), ("adapter.num_experts", _POSITIVE), ("adapter.r", _POSITIVE),
-    ("tokens", _OBJECT), *((f"tokens.{name}", _TOKEN_ID) for name in (T.PAD, *T.PLACEHOLDERS)),
-    ("eos_token_ids", (lambda v: isinstance(v, list) and all(_is_int(i, 0) for i in v), "a list of token ids")),
-    ("prompts_source", _STR),
-    ("graphs", _OBJECT), ("graphs.encoder", _OBJECT), ("graphs.decoder", _OBJECT),
-    ("files", (_is_files, "an object of file -> sha256")),
-    ("versions", _OBJECT),
-    ("source", _OBJECT), ("source.checkpoint", _STR), ("source.checkpoint_sha256", _STR),
-    ("source.base_model", _OBJECT), ("source.base_model.fingerprint", _STR),
-    ("source.base_model.hidden_size", _POSITIVE), ("source.base_model.num_hidden_layers", _POSITIVE),
-)
-_OPTIONAL = (("adapters", _BOOL), ("quantization", _OBJECT))
-_OPTIONAL_PARTS = {"quantization": (("bits", _POSITIVE),)}  # required once the optional key is there
-_TENSOR = (("name", _STR), ("dtype", (lambda v: v in ("float32", "float16", "int64"), "float32, float16 or int64")),
-           ("axes", (lambda v: isinstance(v, list) and all(_is_int(a, 1) or isinstance(a, str) for a in v),
-                     "a list of sizes and axis names")))
+@dataclass
+class _GraphsRecord:
+    encoder: _GraphRecord = opt()
+    decoder: _GraphRecord = opt()
 
 
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+@dataclass
+class _ModelRecord:
+    """``contract.ModelShape`` plus the SASRec sizes."""
+
+    hidden_size: int = opt(ge=1)
+    num_layers: int = opt(ge=1)
+    num_kv_heads: int = opt(ge=1)
+    head_dim: int = opt(ge=1)
+    vocab_size: int = opt(ge=1)
+    num_experts: int = opt(ge=1)
+    bank_shapes: dict[str, list[int]] = opt(nonempty=True)  # "lora_A.q_proj" -> [L, in, r], lora_B: [L, r, out]
+    item_num: int = opt(ge=1)
+    state_size: int = opt(ge=1)
+
+    @staticmethod
+    def _cross_check(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        for key, dims in v.get("bank_shapes", {}).items():
+            if key.split(".", 1)[0] not in ("lora_A", "lora_B") or "." not in key:
+                yield f"bank_shapes[{key!r}]", "expected a lora_A.<projection> or lora_B.<projection> key"
+            elif len(dims) != 3 or not all(_is_size(n) for n in dims):
+                yield f"bank_shapes[{key!r}]", f"expected [layers, rows, columns], got {dims!r}"
 
 
-def _lookup(manifest: dict, key: str):
-    """(found, value) at the dotted ``key``."""
-    node = manifest
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+@dataclass
+class _AdapterRecord:
+    num_experts: int = opt(ge=1)
+    r: int = opt(ge=1)
 
 
-def _check_value(file: Path, key: str, value, rule) -> None:
-    test, what = rule
-    if not test(value):
-        raise ExportError(f"{file}: key '{key}' is {_show(value)}, expected {what}", _EDITED_HINT)
+@dataclass
+class _BaseModelRecord:
+    fingerprint: str = opt(nonempty=True)
+    hidden_size: int = opt(ge=1)
+    num_hidden_layers: int = opt(ge=1)
 
 
-def _check_keys(manifest: dict, file: Path) -> None:
-    required = list(_REQUIRED)
-    for key, rule in _OPTIONAL:  # absent or null: not used
-        if manifest.get(key) is not None:
-            required += [(key, rule), *((f"{key}.{sub}", r) for sub, r in _OPTIONAL_PARTS.get(key, ()))]
-    for key, rule in required:
-        found, value = _lookup(manifest, key)
-        if not found:
-            raise ExportError(f"{file}: key '{key}' is missing", _EDITED_HINT)
-        _check_value(file, key, value, rule)
-    for graph in ("encoder", "decoder"):
-        _check_graph(manifest["graphs"][graph], f"graphs.{graph}", file)
+@dataclass
+class _SourceRecord:
+    checkpoint: str = opt(nonempty=True)
+    checkpoint_sha256: str = opt(nonempty=True)
+    base_model: _BaseModelRecord = opt()
 
 
-def _check_graph(graph: dict, key: str, file: Path) -> None:
-    """The contract of one graph (``graphs.encoder`` / ``graphs.decoder``): file, tensors, tolerance."""
-    for sub, rule in (("file", _STR), ("inputs", (lambda v: isinstance(v, list), "a list of tensors")),
-                      ("outputs", (lambda v: isinstance(v, list), "a list of tensors"))):
-        if sub not in graph:
-            raise ExportError(f"{file}: key '{key}.{sub}' is missing", _EDITED_HINT)
-        _check_value(file, f"{key}.{sub}", graph[sub], rule)
-    for kind in ("inputs", "outputs"):
-        for i, tensor in enumerate(graph[kind]):
-            where = f"{key}.{kind}[{i}]"
-            _check_value(file, where, tensor, _OBJECT)
-            for sub, rule in _TENSOR:
-                if sub not in tensor:
-                    raise ExportError(f"{file}: key '{where}.{sub}' is missing", _EDITED_HINT)
-                _check_value(file, f"{where}.{sub}", tensor[sub], rule)
-    tolerance = graph.get("tolerance", {})
-    _check_value(file, f"{key}.tolerance", tolerance, _OBJECT)
-    for name, value in tolerance.items():
-        _check_value(file, f"{key}.tolerance.{name}", value, _NUMBER)
+@dataclass
+class _QuantizationRecord:
+    bits: int = opt(ge=1)
+
+
+@dataclass
+class _ManifestRecord:
+    """manifest.json: the keys the loaders read (others are kept, not read)."""
+
+    dtype: str = opt(choices=("float32", "float16"))
+    bake_experts: bool = opt()
+    model: _ModelRecord = opt()
+    adapter: _AdapterRecord = opt()
+    graphs: _GraphsRecord = opt()
+    tokens: dict[str, int] = opt(nonempty=True)
+    eos_token_ids: list[int] = opt()
+    prompts_source: str = opt()
+    files: dict[str, str] = opt(nonempty=True)
+    versions: dict = opt()
+    source: _SourceRecord = opt()
+    adapters: bool = opt(True)
+    quantization: _QuantizationRecord | None = opt(None)
+
+    @staticmethod
+    def _cross_check(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        if "tokens" in v:  # the generator looks these up
+            yield from (("tokens", f"has no {name}") for name in (T.PAD, *T.PLACEHOLDERS) if name not in v["tokens"])
+
+
+_NOT_READ = "not read by the loaders"
+
+
+def check_manifest(manifest: dict, file: Path) -> None:
+    """ExportError naming every key the loaders read that is missing or of the wrong type, else the
+    first inconsistency between the sizes, dtype, bank mode, graph contracts and listed files
+    (manifest.json is the one file of an export that no hash covers)."""
+    problems: list[str] = []
+    build(_ManifestRecord, manifest, "", problems, unknown=lambda *_: _NOT_READ)
+    problems = [p for p in problems if not p.endswith(_NOT_READ)]
+    if not problems:
+        problems = _consistency_problems(manifest)[:1]
+    if problems:
+        listed = problems[0] if len(problems) == 1 else f"{len(problems)} problems: {'; '.join(problems)}"
+        raise ExportError(f"{file}: {listed}", _EDITED_HINT)
+
+
+def _consistency_problems(m: dict) -> list[str]:
+    """Problems between keys that are each well formed, as ``"key: text"``."""
+    shape = ModelShape.from_dict(m["model"])
+    dtype, bake, adapter = m["dtype"], m["bake_experts"], m["adapter"]
+    problems = []
+    if adapter["num_experts"] != shape.num_experts:
+        problems.append(f"adapter.num_experts: {adapter['num_experts']}, but model.num_experts is {shape.num_experts}")
+    ranks = sorted({dims[2] if key.startswith("lora_A") else dims[1] for key, dims in shape.bank_shapes.items()})
+    if ranks != [adapter["r"]]:
+        problems.append(f"adapter.r: {adapter['r']}, but model.bank_shapes holds rank {', '.join(map(str, ranks))}")
+    encoder, decoder = (GraphContract.from_dict(m["graphs"][g]) for g in ("encoder", "decoder"))
+    if _tensors(encoder) != _tensors(encoder_contract(shape)):
+        problems.append(f"graphs.encoder: does not match model ({_difference(encoder, encoder_contract(shape))})")
+    want = decoder_contract(shape, dtype, bake_experts=bake)
+    other = "float16" if dtype == "float32" else "float32"
+    if _tensors(decoder) == _tensors(want):
+        pass
+    elif _tensors(decoder) == _tensors(decoder_contract(shape, other, bake_experts=bake)):
+        problems.append(f"dtype: {dtype!r}, but graphs.decoder declares {other} inputs_embeds")
+    elif _tensors(decoder) == _tensors(decoder_contract(shape, dtype, bake_experts=not bake)):
+        problems.append(f"bake_experts: {str(bake).lower()}, but graphs.decoder declares "
+                        f"{'no expert-bank inputs' if not bake else 'expert-bank inputs'}")
+    else:
+        problems.append(f"graphs.decoder: does not match model, dtype and bake_experts ({_difference(decoder, want)})")
+    needed = [encoder.file, decoder.file, EMBEDDINGS, CATALOGUE, PROMPTS, *([] if bake else [BANK])]
+    problems += [f"files: lists no {name}" for name in needed if name not in m["files"]]
+    if not any(k.startswith(TOKENIZER + "/") for k in m["files"]):
+        problems.append(f"files: lists no {TOKENIZER}/ file")
+    return problems
+
+
+def _tensors(contract: GraphContract) -> tuple:
+    return contract.inputs, contract.outputs
 
 
 def _difference(have: GraphContract, want: GraphContract) -> str:
@@ -243,60 +304,6 @@ def _difference(have: GraphContract, want: GraphContract) -> str:
         if len(got) != len(expected):
             return f"{len(got)} {kind}, expected {len(expected)}"
     return "same tensors"
-
-
-def _tensors(contract: GraphContract) -> tuple:
-    return contract.inputs, contract.outputs
-
-
-def _check_consistency(m: dict, file: Path) -> None:
-    """The sizes, dtype and bank mode agree with each other and with both graph contracts."""
-    shape = ModelShape.from_dict(m["model"])
-    dtype, bake = m["dtype"], m["bake_experts"]
-    if m["adapter"]["num_experts"] != shape.num_experts:
-        raise ExportError(f"{file}: key 'adapter.num_experts' is {m['adapter']['num_experts']}, 'model.num_experts' "
-                          f"is {shape.num_experts}", _EDITED_HINT)
-    ranks = {s[2] if k.startswith("lora_A") else s[1] for k, s in shape.bank_shapes.items()}
-    if ranks != {m["adapter"]["r"]}:
-        raise ExportError(f"{file}: key 'adapter.r' is {m['adapter']['r']}, the expert bank in 'model.bank_shapes' "
-                          f"has rank {', '.join(map(str, sorted(ranks)))}", _EDITED_HINT)
-    encoder, decoder = (GraphContract.from_dict(m["graphs"][g]) for g in ("encoder", "decoder"))
-    if _tensors(encoder) != _tensors(encoder_contract(shape)):
-        raise ExportError(f"{file}: key 'graphs.encoder' does not match 'model' "
-                          f"({_difference(encoder, encoder_contract(shape))})", _EDITED_HINT)
-    want = decoder_contract(shape, dtype, bake_experts=bake)
-    if _tensors(decoder) == _tensors(want):
-        return
-    other = "float16" if dtype == "float32" else "float32"
-    if _tensors(decoder) == _tensors(decoder_contract(shape, other, bake_experts=bake)):
-        raise ExportError(f"{file}: key 'dtype' is {dtype!r}, but 'graphs.decoder' declares {other} inputs_embeds",
-                          _EDITED_HINT)
-    if _tensors(decoder) == _tensors(decoder_contract(shape, dtype, bake_experts=not bake)):
-        declared = "no expert-bank inputs" if bake is False else "expert-bank inputs"
-        raise ExportError(f"{file}: key 'bake_experts' is {bake!r}, but 'graphs.decoder' declares {declared}",
-                          _EDITED_HINT)
-    raise ExportError(f"{file}: key 'graphs.decoder' does not match 'model', 'dtype' and 'bake_experts' "
-                      f"({_difference(decoder, want)})", _EDITED_HINT)
-
-
-def _check_listed_files(m: dict, file: Path) -> None:
-    """Every file a loader opens is listed in ``files`` (so its sha256 is checked)."""
-    files = m["files"]
-    needed = [m["graphs"]["encoder"]["file"], m["graphs"]["decoder"]["file"], EMBEDDINGS, CATALOGUE, PROMPTS,
-              *([] if m["bake_experts"] else [BANK])]
-    for name in needed:
-        if name not in files:
-            raise ExportError(f"{file}: key 'files' lists no {name}", _EDITED_HINT)
-    if not any(k.startswith(TOKENIZER + "/") for k in files):
-        raise ExportError(f"{file}: key 'files' lists no {TOKENIZER}/ file", _EDITED_HINT)
-
-
-def check_manifest(manifest: dict, file: Path) -> None:
-    """ExportError naming the first key the loaders read that is missing, of the wrong type, or
-    inconsistent with the others (a manifest.json edited by hand; it is the one file not hashed)."""
-    _check_keys(manifest, file)
-    _check_consistency(manifest, file)
-    _check_listed_files(manifest, file)
 
 
 def bank_metadata(shape: ModelShape, r: int) -> dict[str, str]:

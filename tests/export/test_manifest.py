@@ -9,7 +9,13 @@ from safetensors.numpy import load_file, save_file
 
 from ilora_export.errors import ExportError
 from ilora_export.export.load import load_export
-from ilora_export.export.manifest import BANK, MANIFEST, ExportInfo, read_bank, read_manifest
+from ilora_export.export.manifest import (
+    BANK,
+    MANIFEST,
+    ExportInfo,
+    read_bank,
+    read_manifest,
+)
 from ilora_export.fileio import sha256_file
 from tests.factories import cli_exit_code
 
@@ -46,25 +52,25 @@ def _set(value, *path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (_set("float16", "dtype"), r"key 'dtype' is 'float16', but 'graphs.decoder' declares float32 inputs_embeds"),
-    (_set("fp32", "dtype"), r"key 'dtype' is 'fp32', expected 'float32' or 'float16'"),
-    (_set(True, "bake_experts"), r"key 'bake_experts' is True, but 'graphs.decoder' declares expert-bank inputs"),
-    (_set("no", "bake_experts"), r"key 'bake_experts' is 'no', expected true or false"),
-    (_delete("model", "state_size"), r"key 'model.state_size' is missing"),
-    (_set("10", "model", "state_size"), r"key 'model.state_size' is '10', expected a positive integer"),
-    (_set(3, "model", "num_layers"), r"'graphs.decoder' does not match 'model', 'dtype' and 'bake_experts' "
-                                     r"\(input bank.lora_A.\w+ .*expected past_key_values.2.key"),
-    (_set(5, "adapter", "num_experts"), r"key 'adapter.num_experts' is 5, 'model.num_experts' is 4"),
-    (_set(4, "adapter", "r"), r"key 'adapter.r' is 4, the expert bank in 'model.bank_shapes' has rank 8"),
-    (_delete("graphs", "decoder", "inputs"), r"key 'graphs.decoder.inputs' is missing"),
-    (_set([{"name": "seq"}], "graphs", "encoder", "inputs"), r"key 'graphs.encoder.inputs\[0\].dtype' is missing"),
-    (_delete("tokens", "[CansEmb]"), r"key 'tokens.\[CansEmb\]' is missing"),
-    (_set([2, "eos"], "eos_token_ids"), r"key 'eos_token_ids' is \[2, 'eos'\], expected a list of token ids"),
-    (_delete("prompts_source"), r"key 'prompts_source' is missing"),
-    (_delete("files", "catalogue.json"), r"key 'files' lists no catalogue.json"),
-    (_set({"bits": "8"}, "quantization"), r"key 'quantization.bits' is '8', expected a positive integer"),
-    (_delete("source", "checkpoint_sha256"), r"key 'source.checkpoint_sha256' is missing"),
-    (_set([1], "model"), r"key 'model' is \[1\], expected an object"),
+    (_set("float16", "dtype"), r"dtype: 'float16', but graphs.decoder declares float32 inputs_embeds"),
+    (_set("fp32", "dtype"), r"dtype: must be one of 'float32', 'float16'; got 'fp32'"),
+    (_set(True, "bake_experts"), r"bake_experts: true, but graphs.decoder declares expert-bank inputs"),
+    (_set("no", "bake_experts"), r"bake_experts: expected a boolean \(true/false\), got a string \('no'\)"),
+    (_delete("model", "state_size"), r"model.state_size: missing required key"),
+    (_set("10", "model", "state_size"), r"model.state_size: expected an integer, got a string \('10'\)"),
+    (_set(3, "model", "num_layers"), (r"graphs.decoder: does not match model, dtype and bake_experts "
+                                      r"\(input bank.lora_A.\w+ .*expected past_key_values.2.key")),
+    (_set(5, "adapter", "num_experts"), r"adapter.num_experts: 5, but model.num_experts is 4"),
+    (_set(4, "adapter", "r"), r"adapter.r: 4, but model.bank_shapes holds rank 8"),
+    (_delete("graphs", "decoder", "inputs"), r"graphs.decoder.inputs: missing required key"),
+    (_set([{"name": "seq"}], "graphs", "encoder", "inputs"), r"graphs.encoder.inputs\[0\].dtype: missing required key"),
+    (_delete("tokens", "[CansEmb]"), r"tokens: has no \[CansEmb\]"),
+    (_set([2, "eos"], "eos_token_ids"), r"eos_token_ids\[1\]: expected an integer, got a string \('eos'\)"),
+    (_delete("prompts_source"), r"prompts_source: missing required key"),
+    (_delete("files", "catalogue.json"), r"files: lists no catalogue.json"),
+    (_set({"bits": "8"}, "quantization"), r"quantization.bits: expected an integer, got a string \('8'\)"),
+    (_delete("source", "checkpoint_sha256"), r"source.checkpoint_sha256: missing required key"),
+    (_set([1], "model"), r"model: expected a mapping of keys, got a list \(\[1\]\)"),
 ])
 def test_hand_edited_manifest_is_refused_naming_the_key(copy, change, message):
     _edit(copy, change)
@@ -87,7 +93,7 @@ def test_cli_eval_on_an_edited_manifest_names_the_key(copy, toy_data_dir, capsys
     _edit(copy, _set("float16", "dtype"))
     assert cli_exit_code(["eval", str(copy), "--backend", "ort", "--data", str(toy_data_dir), "--limit", "1"]) == 1
     err = capsys.readouterr().err
-    assert "Error: " in err and "key 'dtype'" in err and "Hint: " in err and "Traceback" not in err
+    assert "Error: " in err and "manifest.json: dtype: 'float16'" in err and "Hint: " in err and "Traceback" not in err
 
 
 def _nan_bank(source, out, key="lora_B.v_proj", value=np.nan):
