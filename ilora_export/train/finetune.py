@@ -4,10 +4,15 @@ Stage 1 provides SASRec (the official pretrained pickle, read through a restrict
 trained here). Stage 2 trains the adapter (expert bank, gate, projector) with the LM loss on the answer
 tokens; the base LLM and SASRec stay frozen.
 
+A SASRec trained here is kept in ``<output_dir>/stage1`` with a record of what produced it (sha256 of
+the train and valid split files and of the catalogue, the SASRec settings, the seed); a later run
+reuses it only when that record is identical, and a run with ``resume=False`` trains it again.
+
 Data order is a pure function of (seed, sample index), so a resumed run sees exactly the batches an
-uninterrupted one would; the trainer state (adapter, optimizer, RNG, step) is saved atomically every
-``train.save_every`` steps into ``<output_dir>/train_state`` and the usable checkpoint into
-``<output_dir>/ckpt``.
+uninterrupted one would; the trainer state (adapter, optimizer, RNG, step, loss window, the stage-1
+record it was trained with, sha256 of its files) is saved atomically every ``train.save_every`` steps
+into ``<output_dir>/train_state`` and the usable checkpoint into ``<output_dir>/ckpt``. Training stops
+on a non-finite loss or gradient norm.
 """
 
 from __future__ import annotations
@@ -17,22 +22,27 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ilora_export.errors import DataError, IloraError
-from ilora_export.fileio import atomic_dir
+from ilora_export.errors import CheckpointError, DataError, IloraError
+from ilora_export.fileio import atomic_dir, atomic_path, find_hash_problem, sha256_file
+from ilora_export.schema import build, opt
 from ilora_export.train.recipe import Recipe, recipe_to_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_DIR = "train_state"
 CKPT_DIR = "ckpt"
 STAGE1_DIR = "stage1"
+STAGE1_RECORD = "key.json"  # what stage1/ was made from, and the sha256 of its files
+TRAINABLE, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.pt", "state.json"
 
 
 @dataclass
@@ -50,8 +60,81 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stage1_sasrec(recipe: Recipe, dataset, out: Path, device: str, progress: bool):
-    from ilora_export.model.sasrec import SASRec, load_official_sasrec
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``dotted.key: old -> new`` for every leaf that differs between two nested dicts."""
+    def shown(v) -> str:
+        return f"{v[:8]}..." if isinstance(v, str) and len(v) == 64 else repr(v)  # sha256 digests shortened
+
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {shown(a)} -> {shown(b)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1
+
+
+def stage1_key(recipe: Recipe, dataset) -> dict:
+    """What stage 1's SASRec is a function of: the pretrained file, or the data, settings and seed it trains with."""
+    s = recipe.sasrec
+    if s.pretrained:
+        return {"pretrained": sha256_file(s.pretrained) if Path(s.pretrained).is_file() else s.pretrained}
+    for split in ("train", "valid"):
+        dataset.split(split)  # readable and well-formed, before hashing
+    files = {"train": dataset.split_path("train"), "valid": dataset.split_path("valid"),
+             "catalogue": dataset.catalogue.source}
+    return {"dataset": {name: sha256_file(f) for name, f in files.items()},
+            "sasrec": {k: v for k, v in dataclasses.asdict(s).items() if k != "pretrained"}, "seed": recipe.seed}
+
+
+def _reusable_stage1(stage1: Path, key: dict):
+    """(the SASRec in ``stage1``, "") when it was made from ``key`` and its files are intact, else (None, why not)."""
+    from ilora_export.model.sasrec import SASRec
+
+    record_file = stage1 / STAGE1_RECORD
+    if not record_file.is_file():
+        return None, f"{stage1} holds none yet" if not (stage1 / "sasrec.safetensors").exists() else \
+            f"{record_file} is missing"
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        made_from, files = record["made_from"], record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{record_file} is unreadable"
+    if not isinstance(made_from, dict) or not isinstance(files, dict):
+        return None, f"{record_file} is unreadable"
+    if made_from != key:
+        return None, f"{stage1} was made from other inputs: {'; '.join(_differences(made_from, key))}"
+    if problem := find_hash_problem(stage1, files):
+        return None, f"{problem[0]} is {problem[1]}"
+    sasrec = SASRec(**json.loads((stage1 / "sasrec.json").read_text(encoding="utf-8")))
+    sasrec.load_state_dict(load_file(stage1 / "sasrec.safetensors"))
+    return sasrec, ""
+
+
+def _write_stage1(stage1: Path, sasrec, metrics: dict, key: dict) -> None:
+    """Our files in ``stage1``, each atomically, the record last; anything else in the folder is left alone."""
+    (stage1 / STAGE1_RECORD).unlink(missing_ok=True)  # not reusable until its record is rewritten
+    writers = {
+        "sasrec.safetensors": lambda p: save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, p),
+        "sasrec.json": lambda p: p.write_text(json.dumps(sasrec.config()), encoding="utf-8"),
+        "metrics.json": lambda p: p.write_text(json.dumps(metrics, default=float, indent=2), encoding="utf-8"),
+    }
+    for name, write in writers.items():
+        with atomic_path(stage1 / name) as tmp:
+            write(tmp)
+    record = {"made_from": key, "files": {n: sha256_file(stage1 / n) for n in ("sasrec.safetensors", "sasrec.json")}}
+    with atomic_path(stage1 / STAGE1_RECORD) as tmp:
+        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str, progress: bool, resume: bool,
+                   say: Callable[[str], None]):
+    from ilora_export.model.sasrec import load_official_sasrec
     from ilora_export.train.sasrec import SASRecTrainConfig, train_sasrec
 
     num_items = dataset.catalogue.num_items
@@ -62,20 +145,19 @@ def _stage1_sasrec(recipe: Recipe, dataset, out: Path, device: str, progress: bo
                             f"{dataset.root} has {num_items}", "use the SASRec trained on this dataset")
         return sasrec
     stage1 = out / STAGE1_DIR
-    if (stage1 / "sasrec.safetensors").is_file():  # resumed run: stage 1 is done
-        cfg = json.loads((stage1 / "sasrec.json").read_text())
-        sasrec = SASRec(**cfg)
-        sasrec.load_state_dict(load_file(stage1 / "sasrec.safetensors"))
-        return sasrec
+    why = "starting over"
+    if resume:
+        sasrec, why = _reusable_stage1(stage1, key)
+        if sasrec is not None:
+            say(f"stage 1: reusing the SASRec in {stage1} (same data, SASRec settings and seed)")
+            return sasrec
+    say(f"stage 1: training SASRec ({why})")
     s = recipe.sasrec
     cfg = SASRecTrainConfig(hidden=s.hidden, num_heads=s.num_heads, dropout=s.dropout, epochs=s.epochs,
                             batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay)
     sasrec, metrics = train_sasrec(dataset.split("train"), num_items, cfg, seed=recipe.seed,
                                    valid_df=dataset.split("valid"), progress=progress, device=device)
-    with atomic_dir(stage1) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, tmp / "sasrec.safetensors")
-        (tmp / "sasrec.json").write_text(json.dumps(sasrec.config()))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, default=float, indent=2))
+    _write_stage1(stage1, sasrec, metrics, key)
     return sasrec.cpu()
 
 
@@ -98,7 +180,8 @@ class TrainStream:
 
         epoch, pos = divmod(g, len(self.rows))
         if epoch != self._perm_epoch:
-            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.rows))
+            perm = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.rows))
+            self._perm_epoch, self._perm = epoch, perm
         seq, len_seq, target, row_id = self.rows[self._perm[pos]]
         rng = np.random.default_rng([self.seed, 2, epoch, int(row_id)])
         cands = sample_candidates(list(seq[:len_seq]), int(target), self.num_items, rng)
@@ -115,38 +198,137 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _save_state(out: Path, model, optimizer, scheduler, step: int, log: list[dict]) -> None:
-    with atomic_dir(out / STATE_DIR) as tmp:
+# --------------------------------------------------------------------------------------------------
+# Trainer state
+
+
+@dataclass
+class _StateRecord:
+    """state.json of a trainer state (every key required)."""
+
+    step: int = opt(ge=0)
+    log: list[dict] = opt()
+    recent: list[float] = opt()  # the losses of the rolling window the next log entry averages
+    stage1: dict = opt()  # the stage-1 key the adapter was trained with
+    files: dict[str, str] = opt(nonempty=True)
+
+
+def _state_hint(state_dir: Path) -> str:
+    return f"pass --no-resume to start over (or delete {state_dir})"
+
+
+def _save_state(state_dir: Path, model, optimizer, scheduler, *, step: int, log: list[dict], recent: list[float],
+                stage1: dict) -> None:
+    with atomic_dir(state_dir) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()},
-                  tmp / "trainable.safetensors")
+                  tmp / TRAINABLE)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "log": log}))
+                    "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER)
+        files = {name: sha256_file(tmp / name) for name in (TRAINABLE, OPTIMIZER)}
+        record = {"step": step, "log": log, "recent": recent, "stage1": stage1, "files": files}
+        (tmp / STATE).write_text(json.dumps(record), encoding="utf-8")
 
 
-def _load_state(out: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    state_dir = out / STATE_DIR
-    if not (state_dir / "state.json").is_file():
-        return 0, []
+def _read_state(state_dir: Path) -> dict | None:
+    """The validated state.json of the trainer state in ``state_dir`` (its files intact), or None if there is none."""
+    file, hint = state_dir / STATE, _state_hint(state_dir)
+    if not file.is_file():
+        return None
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IloraError(f"{file}: unreadable ({err})", hint) from None
+    problems: list[str] = []
+    build(_StateRecord, state, "", problems, defaults=False)
+    if problems:
+        raise IloraError(f"{file}: {'; '.join(problems)}", hint)
+    if problem := find_hash_problem(state_dir, state["files"]):
+        what = "missing" if problem[1] == "missing" else "sha256 does not match state.json (truncated or modified)"
+        raise IloraError(f"{problem[0]}: {what}", hint)
+    return state
+
+
+def _restore_state(state_dir: Path, model, optimizer, scheduler) -> None:
+    """Adapter weights, optimizer, scheduler and RNG from a trainer state :func:`_read_state` accepted."""
+    hint = _state_hint(state_dir)
     params = model.trainable_parameters()
-    saved = load_file(state_dir / "trainable.safetensors")
+    try:
+        saved = load_file(state_dir / TRAINABLE)
+    except (SafetensorError, OSError) as err:
+        raise IloraError(f"{state_dir / TRAINABLE}: unreadable ({err})", hint) from None
     if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in params):
         raise IloraError(f"{state_dir}: saved trainer state does not match this recipe's model",
-                         "use a new output_dir, or delete the train_state folder to start over")
+                         f"use a new output_dir, or {hint}")
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(saved[k])
-    # Our own file, written above; weights_only keeps even that load free of arbitrary code.
-    blob = torch.load(state_dir / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["torch_rng"])
-    state = json.loads((state_dir / "state.json").read_text())
-    return state["step"], state["log"]
+    try:
+        # Our own file, written above; weights_only keeps even that load free of arbitrary code.
+        blob = torch.load(state_dir / OPTIMIZER, weights_only=True)
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["torch_rng"])
+    except Exception as err:  # whatever fails to read back our own file means it is damaged
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise IloraError(f"{state_dir / OPTIMIZER}: unreadable ({type(err).__name__}: {first_line})", hint) from None
 
 
-def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> FinetuneResult:
-    """Run both stages of a recipe; returns where the checkpoint is. The Python API of ``finetune``."""
+def _checkpoint_problem(ckpt: Path, step: int) -> str | None:
+    """Why ``ckpt`` is not a valid checkpoint of trainer step ``step``; None when it is."""
+    from ilora_export.checkpoint import read_checkpoint
+
+    try:
+        info = read_checkpoint(ckpt)
+    except CheckpointError as err:
+        return err.message
+    saved = (info.config["extra"] or {}).get("step")
+    return None if saved == step else f"{ckpt} holds step {saved}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2
+
+
+def _stop_unless_finite(what: str, value: float, step: int) -> None:
+    if not math.isfinite(value):
+        raise IloraError(f"{what} became {value} at step {step}",
+                         "lower train.lr (or raise train.warmup_steps), or use train.dtype=float32; the checkpoint "
+                         "keeps the last step saved before")
+
+
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float, step: int) -> float:
+    """Clip the gradients of ``params`` to ``max_norm``; their norm before clipping. Raises IloraError (so
+    no optimizer step follows) when the norm is not finite."""
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    _stop_unless_finite("gradient norm", norm, step)
+    return norm
+
+
+def _step_loss(model, encoder, stream: TrainStream, step: int, tc, device: str) -> float:
+    """Forward and backward of optimizer step ``step`` (0-based; ``grad_accum`` micro-batches); its mean loss."""
+    per_step = tc.batch_size * tc.grad_accum
+    total = 0.0
+    for micro in range(tc.grad_accum):
+        g0 = step * per_step + micro * tc.batch_size
+        examples = []
+        for g in range(g0, g0 + tc.batch_size):
+            seq, len_seq, cands, target, tmpl = stream.sample(g)
+            examples.append(encoder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
+        batch = encoder.collate(examples, padding_side="right").to(device)
+        loss = model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
+                     labels=batch.labels).loss / tc.grad_accum
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Run both stages of a recipe; returns where the checkpoint is. The Python API of ``finetune``.
+
+    ``resume=False`` starts over: stage 1 is trained again and the trainer state is not read. ``log``
+    receives one line per decision (stage 1 reused or trained, checkpoint re-saved).
+    """
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.base.loading import check_base_model_dir, load_base_model
     from ilora_export.checkpoint import save_checkpoint
@@ -157,23 +339,30 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
     from ilora_export.model.spec import AdapterSpec
 
     t_start = time.perf_counter()
+    say = log or (lambda _msg: None)
     tc = recipe.train
     device = tc.device
     if device == "cuda" and not torch.cuda.is_available():
         raise IloraError("train.device is cuda but PyTorch sees no CUDA device",
                          "override with train.device=cpu, or install a CUDA build of PyTorch")
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2))
-    _seed_everything(recipe.seed)
+    state_dir = out / STATE_DIR
 
     # Everything a user can get wrong is checked before any long work starts.
     dataset = load_dataset(recipe.data.root)
     templates = load_prompt_file(recipe.data.prompt_file) if recipe.data.prompt_file else default_templates()
     base_dir = resolve_base_model(recipe.base_model)
     check_base_model_dir(base_dir)
-    sasrec = _stage1_sasrec(recipe, dataset, out, device, progress)
+    key = stage1_key(recipe, dataset)
+    state = _read_state(state_dir) if resume else None
+    if state is not None and state["stage1"] != key:
+        raise IloraError(f"{state_dir}: trained with another stage 1 ({'; '.join(_differences(state['stage1'], key))})"
+                         "; not resumed", f"{_state_hint(state_dir)}, or use another output_dir")
+    with atomic_path(out / "recipe.json") as tmp:
+        tmp.write_text(json.dumps(recipe_to_dict(recipe), indent=2), encoding="utf-8")
 
+    _seed_everything(recipe.seed)
+    sasrec = _stage1_sasrec(recipe, dataset, key, out, device=device, progress=progress, resume=resume, say=say)
     llm, tokenizer = load_base_model(base_dir, dtype=DTYPES[tc.dtype])
     add_ilora_tokens(tokenizer, llm)
     spec = AdapterSpec(**dataclasses.asdict(recipe.adapter))
@@ -190,31 +379,26 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
     params = list(model.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, tc.max_steps))
-    step, log = _load_state(out, model, optimizer, scheduler) if resume else (0, [])
+    step, history, recent = 0, [], []
+    if state is not None:
+        _restore_state(state_dir, model, optimizer, scheduler)
+        step, history, recent = state["step"], state["log"], state["recent"]
 
-    per_step = tc.batch_size * tc.grad_accum
+    def save_ckpt() -> None:
+        model.eval()
+        save_checkpoint(model, out / CKPT_DIR, base_model_ref=recipe.base_model, base_model_dir=base_dir,
+                        catalogue=dataset.catalogue, templates=templates,
+                        extra={"step": step, "recipe": recipe_to_dict(recipe)})
+
+    start = step
     bar = tqdm(total=tc.max_steps, initial=step, desc="finetune", unit="step", disable=not progress)
     model.train()
     model.sasrec.eval()
-    recent: list[float] = []
     while step < tc.max_steps:
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(tc.grad_accum):
-            g0 = step * per_step + micro * tc.batch_size
-            examples = []
-            for g in range(g0, g0 + tc.batch_size):
-                seq, len_seq, cands, target, tmpl = stream.sample(g)
-                examples.append(encoder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
-            batch = encoder.collate(examples, padding_side="right").to(device)
-            loss = model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
-                         labels=batch.labels).loss / tc.grad_accum
-            loss.backward()
-            step_loss += loss.item()
-        if not math.isfinite(step_loss):
-            raise IloraError(f"loss became {step_loss} at step {step + 1}",
-                             "lower train.lr, or use train.dtype=float32")
-        torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        step_loss = _step_loss(model, encoder, stream, step, tc, device)
+        _stop_unless_finite("loss", step_loss, step + 1)
+        clip_gradients(params, tc.max_grad_norm, step + 1)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -222,23 +406,24 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True) -> F
         bar.update(1)
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if step % tc.log_every == 0 or step == tc.max_steps:
-            log.append({"step": step, "loss": sum(recent) / len(recent), "lr": scheduler.get_last_lr()[0],
-                        "epoch": step * per_step / len(stream)})
+            history.append({"step": step, "loss": sum(recent) / len(recent), "lr": scheduler.get_last_lr()[0],
+                            "epoch": step * tc.batch_size * tc.grad_accum / len(stream)})
         if step % tc.save_every == 0 or step == tc.max_steps:
-            model.eval()
-            save_checkpoint(model, out / CKPT_DIR, base_model_ref=recipe.base_model, base_model_dir=base_dir,
-                            catalogue=dataset.catalogue, templates=templates,
-                            extra={"step": step, "recipe": recipe_to_dict(recipe)})
-            _save_state(out, model, optimizer, scheduler, step, log)
+            save_ckpt()
+            _save_state(state_dir, model, optimizer, scheduler, step=step, log=history, recent=recent, stage1=key)
             model.train()
             model.sasrec.eval()
     bar.close()
-    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    if step == start and (problem := _checkpoint_problem(out / CKPT_DIR, step)):  # a finished run, run again
+        say(f"re-saving {out / CKPT_DIR} from the trainer state of step {step} ({problem})")
+        save_ckpt()
+    with atomic_path(out / "train_log.json") as tmp:
+        tmp.write_text(json.dumps(history, indent=2), encoding="utf-8")
 
     eval_summary = None
     if tc.eval_rows != 0:
         eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
-    return FinetuneResult(out / CKPT_DIR, step, log[-1]["loss"] if log else None, eval_summary,
+    return FinetuneResult(out / CKPT_DIR, step, history[-1]["loss"] if history else None, eval_summary,
                           time.perf_counter() - t_start)
 
 

@@ -58,6 +58,42 @@ def test_interrupted_run_resumes_to_the_same_adapter(tmp_path, monkeypatch, tiny
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resumed_run_logs_what_an_uninterrupted_one_logs(tmp_path, monkeypatch, tiny_llama_dir, toy_data_dir):
+    # log_every=2 with save_every=3: the loss logged at step 4 averages steps 3 and 4, across the resumption
+    kwargs = {"eval_rows": 0, "log_every": 2, "save_every": 3}
+    full = ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "full", **kwargs), progress=False)
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "resumed", **kwargs)
+    with monkeypatch.context() as m:
+        _crash_after_first_save(m)
+        with pytest.raises(KeyboardInterrupt):
+            ft.finetune(recipe, progress=False)
+    resumed = ft.finetune(recipe, progress=False)
+    logged = [json.loads((r.checkpoint.parent / "train_log.json").read_text()) for r in (full, resumed)]
+    assert [r["step"] for r in logged[0]] == [2, 4, 6]
+    assert logged[0] == logged[1]
+    assert full.final_loss == resumed.final_loss
+
+
+def test_non_finite_gradient_stops_before_the_optimizer_step():
+    p = torch.zeros(3, requires_grad=True)
+    torch.sqrt(p).sum().backward()  # a finite loss (0) whose gradient is infinite
+    with pytest.raises(IloraError, match=r"^gradient norm became inf at step 7$") as err:
+        ft.clip_gradients([p], max_norm=1.0, step=7)
+    assert "train.lr" in err.value.hint
+    q = torch.ones(3, requires_grad=True)
+    (q * 4).sum().backward()
+    assert ft.clip_gradients([q], max_norm=1.0, step=1) == pytest.approx(48 ** 0.5)
+
+
+def test_diverging_training_stops_with_an_error(tmp_path, tiny_llama_dir, toy_data_dir):
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x", eval_rows=0, lr=1e30, warmup_steps=0,
+                         save_every=1)
+    with pytest.raises(IloraError, match=r"^(loss|gradient norm) became (nan|inf) at step 2$") as err:
+        ft.finetune(recipe, progress=False)
+    assert "train.lr" in err.value.hint
+    assert read_checkpoint(tmp_path / "x" / "ckpt").config["extra"]["step"] == 1  # the last finite one is kept
+
+
 def test_same_seed_same_adapter_different_seed_differs(tmp_path, tiny_llama_dir, toy_data_dir):
     runs = [ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / name, max_steps=2, eval_rows=0)
                         , progress=False) for name in ("a", "b")]
