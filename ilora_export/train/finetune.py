@@ -42,6 +42,7 @@ STATE_DIR = "train_state"
 CKPT_DIR = "ckpt"
 STAGE1_DIR = "stage1"
 STAGE1_RECORD = "key.json"  # what stage1/ was made from, and the sha256 of its files
+STAGE1_WEIGHTS, STAGE1_CONFIG = "sasrec.safetensors", "sasrec.json"
 TRAINABLE, OPTIMIZER, STATE = "trainable.safetensors", "optimizer.pt", "state.json"
 
 
@@ -98,8 +99,7 @@ def _reusable_stage1(stage1: Path, key: dict):
 
     record_file = stage1 / STAGE1_RECORD
     if not record_file.is_file():
-        return None, f"{stage1} holds none yet" if not (stage1 / "sasrec.safetensors").exists() else \
-            f"{record_file} is missing"
+        return None, f"{record_file} is missing" if (stage1 / STAGE1_WEIGHTS).exists() else f"{stage1} holds none yet"
     try:
         record = json.loads(record_file.read_text(encoding="utf-8"))
         made_from, files = record["made_from"], record["files"]
@@ -111,8 +111,8 @@ def _reusable_stage1(stage1: Path, key: dict):
         return None, f"{stage1} was made from other inputs: {'; '.join(_differences(made_from, key))}"
     if problem := find_hash_problem(stage1, files):
         return None, f"{problem[0]} is {problem[1]}"
-    sasrec = SASRec(**json.loads((stage1 / "sasrec.json").read_text(encoding="utf-8")))
-    sasrec.load_state_dict(load_file(stage1 / "sasrec.safetensors"))
+    sasrec = SASRec(**json.loads((stage1 / STAGE1_CONFIG).read_text(encoding="utf-8")))
+    sasrec.load_state_dict(load_file(stage1 / STAGE1_WEIGHTS))
     return sasrec, ""
 
 
@@ -120,20 +120,21 @@ def _write_stage1(stage1: Path, sasrec, metrics: dict, key: dict) -> None:
     """Our files in ``stage1``, each atomically, the record last; anything else in the folder is left alone."""
     (stage1 / STAGE1_RECORD).unlink(missing_ok=True)  # not reusable until its record is rewritten
     writers = {
-        "sasrec.safetensors": lambda p: save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, p),
-        "sasrec.json": lambda p: p.write_text(json.dumps(sasrec.config()), encoding="utf-8"),
+        STAGE1_WEIGHTS: lambda p: save_file({k: v.contiguous().cpu() for k, v in sasrec.state_dict().items()}, p),
+        STAGE1_CONFIG: lambda p: p.write_text(json.dumps(sasrec.config()), encoding="utf-8"),
         "metrics.json": lambda p: p.write_text(json.dumps(metrics, default=float, indent=2), encoding="utf-8"),
     }
     for name, write in writers.items():
         with atomic_path(stage1 / name) as tmp:
             write(tmp)
-    record = {"made_from": key, "files": {n: sha256_file(stage1 / n) for n in ("sasrec.safetensors", "sasrec.json")}}
+    record = {"made_from": key, "files": {n: sha256_file(stage1 / n) for n in (STAGE1_WEIGHTS, STAGE1_CONFIG)}}
     with atomic_path(stage1 / STAGE1_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str, progress: bool, resume: bool,
                    say: Callable[[str], None]):
+    from ilora_export.checkpoint.format import non_finite
     from ilora_export.model.sasrec import load_official_sasrec
     from ilora_export.train.sasrec import SASRecTrainConfig, train_sasrec
 
@@ -157,6 +158,8 @@ def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str
                             batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay)
     sasrec, metrics = train_sasrec(dataset.split("train"), num_items, cfg, seed=recipe.seed,
                                    valid_df=dataset.split("valid"), progress=progress, device=device)
+    if bad := non_finite(sasrec.state_dict()):
+        raise IloraError(f"stage 1: SASRec weight {bad[0]} became {bad[1]}", "lower sasrec.lr")
     _write_stage1(stage1, sasrec, metrics, key)
     return sasrec.cpu()
 
@@ -281,7 +284,7 @@ def _checkpoint_problem(ckpt: Path, step: int) -> str | None:
         info = read_checkpoint(ckpt)
     except CheckpointError as err:
         return err.message
-    saved = (info.config["extra"] or {}).get("step")
+    saved = (info.config.get("extra") or {}).get("step")
     return None if saved == step else f"{ckpt} holds step {saved}"
 
 

@@ -94,6 +94,15 @@ def test_diverging_training_stops_with_an_error(tmp_path, tiny_llama_dir, toy_da
     assert read_checkpoint(tmp_path / "x" / "ckpt").config["extra"]["step"] == 1  # the last finite one is kept
 
 
+def test_diverging_stage1_stops_naming_the_sasrec_learning_rate(tmp_path, tiny_llama_dir, toy_data_dir):
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x", eval_rows=0)
+    recipe.sasrec.lr = 1e30
+    with pytest.raises(IloraError, match=r"^stage 1: SASRec weight \S+ became nan$") as err:
+        ft.finetune(recipe, progress=False)
+    assert "sasrec.lr" in err.value.hint
+    assert not (tmp_path / "x" / "stage1").exists()  # nothing kept for a later run to reuse
+
+
 def test_same_seed_same_adapter_different_seed_differs(tmp_path, tiny_llama_dir, toy_data_dir):
     runs = [ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / name, max_steps=2, eval_rows=0)
                         , progress=False) for name in ("a", "b")]
