@@ -244,15 +244,6 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _describe_entries(folder: Path, limit: int = 3) -> str:
-    try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    except OSError:
-        return "files"
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
 def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str) -> None:
     """Raise :class:`OutputError` unless ``final`` is absent, an empty folder, or a folder ``replaceable``
     accepts (a previous output of the same command). ``replaceable=None`` accepts any folder."""
@@ -263,11 +254,10 @@ def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bo
         raise OutputError(f"cannot write {what} to {final}: it is a file", "pick another output folder")
     if replaceable is None or not any(True for _ in final.iterdir()) or replaceable(final):
         return
-    from ilora_export.artifacts.kinds import describe_kind, folder_kind
+    from ilora_export.artifacts.kinds import describe_folder
 
     raise OutputError(
-        f"{final} holds files that are not {what} ({_describe_entries(final)}: "
-        f"{describe_kind(folder_kind(final))}); refusing to replace it",
+        f"{final} is not {what} ({describe_folder(final)}); refusing to replace it",
         "pick a new or empty output folder; an existing folder is replaced only when it holds "
         f"{what} written before",
     )

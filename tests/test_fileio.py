@@ -44,7 +44,8 @@ def test_atomic_dir_refuses_a_folder_of_other_files_and_deletes_nothing(tmp_path
     (final / "sub").mkdir(parents=True)
     (final / "notes.txt").write_text("mine")
     is_export = lambda p: (p / "manifest.json").is_file()  # noqa: E731
-    with pytest.raises(OutputError, match=r"notes\.txt, sub/.*refusing to replace it"):
+    expected = r"is not an export \(a folder of other files: notes\.txt, sub/\); refusing to replace it"
+    with pytest.raises(OutputError, match=expected):
         with atomic_dir(final, replaceable=is_export, what="an export") as tmp:
             (tmp / "manifest.json").write_text("{}")
     assert (final / "notes.txt").read_text() == "mine" and (final / "sub").is_dir()

@@ -20,6 +20,10 @@ EXPORT = "export"
 ENGINES = "engines"
 EVALUATION = "evaluation"
 FINETUNE_RUN = "finetune run"
+TRAIN_STATE = "trainer state"
+
+#: kind -> the index file that lists (under ``"files"``) every other file the tool wrote there
+_INDEXES = {CHECKPOINT: "config.json", EXPORT: "manifest.json", TRAIN_STATE: "state.json"}
 
 _DESCRIPTIONS = {
     CHECKPOINT: "a checkpoint (written by finetune or import-official)",
@@ -27,6 +31,7 @@ _DESCRIPTIONS = {
     ENGINES: "a TensorRT engines folder (written by trt)",
     EVALUATION: "an evaluation output (written by eval -o)",
     FINETUNE_RUN: "a fine-tuning output folder (written by finetune)",
+    TRAIN_STATE: "a trainer state (written by finetune)",
 }
 
 
@@ -52,8 +57,11 @@ def folder_kind(path: str | os.PathLike) -> str | None:
     if (_json_object(path / "config.json") or {}).get("format") == CHECKPOINT_FORMAT:
         return CHECKPOINT
     engines = _json_object(path / "engines.json")
-    if engines is not None and "manifest_sha256" in engines:
+    if engines is not None and "export" in engines:
         return ENGINES
+    state = _json_object(path / "state.json")
+    if state is not None and isinstance(state.get("files"), dict) and "step" in state:
+        return TRAIN_STATE
     if (path / "run.json").is_file() or ((path / "summary.json").is_file() and (path / "predictions.csv").is_file()):
         return EVALUATION
     if (path / "recipe.json").is_file() and any((path / d).is_dir() for d in ("ckpt", "train_state", "stage1")):
@@ -66,10 +74,47 @@ def describe_kind(kind: str | None) -> str:
     return _DESCRIPTIONS.get(kind, "a folder of other files") if kind else "a folder of other files"
 
 
+def foreign_files(path: str | os.PathLike, kind: str) -> list[str] | None:
+    """Files under a ``kind`` folder that its index does not list (relative POSIX paths); None when the
+    kind keeps no such list."""
+    path = Path(path)
+    if kind not in _INDEXES:
+        return None
+    listed = (_json_object(path / _INDEXES[kind]) or {}).get("files")
+    own = (set(listed) if isinstance(listed, dict) else set()) | {_INDEXES[kind]}
+    return sorted(rel for p in path.rglob("*") if not p.is_dir() and (rel := p.relative_to(path).as_posix()) not in own)
+
+
+def holds_only_its_own_files(path: str | os.PathLike, kind: str) -> bool:
+    """True when ``path`` is a ``kind`` folder holding nothing but the files its index lists.
+
+    For kinds without such a list (engines, evaluations) the kind alone decides.
+    """
+    return folder_kind(path) == kind and not foreign_files(path, kind)
+
+
+def describe_folder(path: str | os.PathLike, limit: int = 3) -> str:
+    """What a folder holds, for messages: its kind and the files the tool did not write there, or its
+    first entries."""
+    path = Path(path)
+    kind = folder_kind(path)
+    foreign = foreign_files(path, kind) if kind else None
+    if foreign:
+        more = f" and {len(foreign) - limit} more" if len(foreign) > limit else ""
+        return f"{describe_kind(kind)}, with files it did not write: {', '.join(foreign[:limit])}{more}"
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    except OSError:
+        names = []
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{describe_kind(kind)}: {', '.join(names[:limit])}{more}"
+
+
 def of_kind(kind: str):
-    """A predicate for :func:`ilora_export.fileio.atomic_dir`'s ``replaceable``: is the folder a ``kind``?"""
+    """A predicate for :func:`ilora_export.fileio.atomic_dir`'s ``replaceable``: a ``kind`` folder that
+    holds only the files the tool wrote there (a user's file inside it keeps it from being replaced)."""
 
     def check(path: Path) -> bool:
-        return folder_kind(path) == kind
+        return holds_only_its_own_files(path, kind)
 
     return check

@@ -29,12 +29,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ilora_export.artifacts.kinds import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    ENGINES,
+    EXPORT,
+    FINETUNE_RUN,
+    folder_kind,
+    of_kind,
+)
 from ilora_export.errors import CheckpointError
 from ilora_export.fileio import atomic_dir, find_hash_problem, hash_tree
 from ilora_export.model.spec import AdapterSpec
 from ilora_export.schema import build, opt
 
-FORMAT = "ilora-export/checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 ADAPTER = "adapter.safetensors"
@@ -82,7 +91,7 @@ def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, c
             raise CheckpointError(f"{path}: {bad[0]} holds non-finite values ({bad[1]}); not saved",
                                   "the weights diverged (or their source is broken): lower the learning rate "
                                   "and train again")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, replaceable=of_kind(CHECKPOINT), what="a checkpoint") as tmp:
         for name, part in tensors.items():
             save_file(part, tmp / name)
         model.tokenizer.save_pretrained(tmp / TOKENIZER)
@@ -189,15 +198,16 @@ def _config_problems(config) -> list[str]:
 
 def _other_folder(path: Path) -> CheckpointError | None:
     """The error for a folder that is something else than a checkpoint (an export, engines, a run)."""
-    if (path / "manifest.json").is_file():
+    kind = folder_kind(path)
+    if kind == EXPORT:
         return CheckpointError(f"{path} is an ONNX export, not a checkpoint",
                                f"evaluate an export with `ilora-export eval {path} --backend ort`; commands that "
                                "read a checkpoint want the fine-tuning output's ckpt/ folder")
-    if (path / "engines.json").is_file():
+    if kind == ENGINES:
         return CheckpointError(f"{path} is a TensorRT engines folder, not a checkpoint",
                                f"evaluate engines with `ilora-export eval {path} --backend trt`; commands "
                                "that read a checkpoint want the fine-tuning output's ckpt/ folder")
-    if (path / "ckpt" / CONFIG).is_file():
+    if kind == FINETUNE_RUN or folder_kind(path / "ckpt") == CHECKPOINT:
         return CheckpointError(f"{path} is a fine-tuning output folder, not a checkpoint",
                                f"pass its checkpoint: {path / 'ckpt'}")
     return None

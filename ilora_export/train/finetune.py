@@ -32,8 +32,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ilora_export.artifacts.kinds import CHECKPOINT, TRAIN_STATE, of_kind
 from ilora_export.errors import CheckpointError, DataError, IloraError
-from ilora_export.fileio import atomic_dir, atomic_path, find_hash_problem, sha256_file
+from ilora_export.fileio import atomic_dir, atomic_path, check_replaceable, find_hash_problem, sha256_file
 from ilora_export.schema import build, opt
 from ilora_export.train.recipe import Recipe, recipe_to_dict
 
@@ -216,13 +217,19 @@ class _StateRecord:
     files: dict[str, str] = opt(nonempty=True)
 
 
+def _is_trainer_state(path: Path) -> bool:
+    """A trainer state to replace: one intact, or one whose damaged files are still only ours."""
+    return of_kind(TRAIN_STATE)(path) or all(p.name in (STATE, TRAINABLE, OPTIMIZER) and p.is_file()
+                                              for p in path.iterdir())
+
+
 def _state_hint(state_dir: Path) -> str:
     return f"pass --no-resume to start over (or delete {state_dir})"
 
 
 def _save_state(state_dir: Path, model, optimizer, scheduler, *, step: int, log: list[dict], recent: list[float],
                 stage1: dict) -> None:
-    with atomic_dir(state_dir) as tmp:
+    with atomic_dir(state_dir, replaceable=_is_trainer_state, what="a trainer state") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()},
                   tmp / TRAINABLE)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -361,6 +368,9 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     if state is not None and state["stage1"] != key:
         raise IloraError(f"{state_dir}: trained with another stage 1 ({'; '.join(_differences(state['stage1'], key))})"
                          "; not resumed", f"{_state_hint(state_dir)}, or use another output_dir")
+    # Neither folder is replaced later unless it holds only what fine-tuning wrote there: refuse now, not after hours.
+    check_replaceable(out / CKPT_DIR, of_kind(CHECKPOINT), "a checkpoint")
+    check_replaceable(state_dir, _is_trainer_state, "a trainer state")
     with atomic_path(out / "recipe.json") as tmp:
         tmp.write_text(json.dumps(recipe_to_dict(recipe), indent=2), encoding="utf-8")
 

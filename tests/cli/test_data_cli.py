@@ -55,6 +55,6 @@ def test_demo_data_refuses_a_dataset_folder(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     lines = err.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"Error: {lastfm} holds files that are not")
+    assert len(lines) == 2 and lines[0].startswith(f"Error: {lastfm} is not a")
     assert "id2name.txt" in lines[0] and lines[1].startswith("Hint: ")
     assert [p.name for p in lastfm.iterdir()] == ["id2name.txt"]

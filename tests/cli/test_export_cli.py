@@ -94,14 +94,18 @@ def test_onnx_never_replaces_a_folder_it_did_not_write(pipeline, tmp_path, capsy
     assert "is a file" in capsys.readouterr().err and blocker.read_text() == "x"
 
 
-def test_onnx_replaces_its_previous_export_and_cleans_abandoned_temporaries(pipeline, tmp_path):
+def test_onnx_replaces_its_previous_export_and_cleans_abandoned_temporaries(pipeline, tmp_path, capsys):
     _, ckpt, export = pipeline
     target = shutil.copytree(export, tmp_path / "onnx")
     abandoned = tmp_path / f".onnx.tmp-{_dead_pid()}-x1"  # left by a killed export
     (abandoned / "decoder.onnx.data").parent.mkdir()
     (abandoned / "decoder.onnx.data").write_bytes(b"\0" * 1024)
-    (target / "stale-extra.txt").write_text("an export's folder is replaced as a whole")
+    (target / "tokenizer" / "notes.txt").write_text("a user's file inside an export")
+    assert cli_exit_code(["onnx", str(ckpt), "-o", str(target), "--no-validate"]) == 1
+    assert "with files it did not write: tokenizer/notes.txt" in capsys.readouterr().err
+    assert (target / "tokenizer" / "notes.txt").is_file()
+    (target / "tokenizer" / "notes.txt").unlink()
     assert cli_exit_code(["onnx", str(ckpt), "-o", str(target), "--no-validate"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
-    assert json.loads((target / "manifest.json").read_text())["format"] == "ilora-export/onnx"
-    assert not (target / "stale-extra.txt").exists()
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["format"] == "ilora-export/onnx" and "validation" not in manifest

@@ -158,7 +158,7 @@ def test_refuses_a_folder_of_other_files(tmp_path, monkeypatch, other):
     (out / other).write_text("0::Morcheeba\n")
     (out / "Test_data.df").write_bytes(b"theirs")
     monkeypatch.setattr(ml100k, "fetch_wheel", _no_download)
-    with pytest.raises(IloraError, match=f"{out} holds files that are not .*demo dataset.*{other}") as err:
+    with pytest.raises(IloraError, match=f"{out} is not .*demo dataset.*{other}") as err:
         build_ml100k_demo(out, progress=False)
     assert "\n" not in str(err.value) and "empty" in err.value.hint
     assert sorted(p.name for p in out.iterdir()) == sorted([other, "Test_data.df"])
@@ -170,7 +170,7 @@ def test_refuses_part_of_a_dataset(tmp_path, monkeypatch):
     out.mkdir()
     (out / "u.item").write_text("1|Mine (1995)|\n", encoding="iso-8859-1")
     monkeypatch.setattr(ml100k, "fetch_wheel", _no_download)
-    with pytest.raises(IloraError, match="holds files that are not"):
+    with pytest.raises(IloraError, match="is not a .*demo dataset"):
         build_ml100k_demo(out, progress=False)
     assert (out / "u.item").read_text(encoding="iso-8859-1") == "1|Mine (1995)|\n"
 

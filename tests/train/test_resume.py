@@ -144,3 +144,18 @@ def test_damaged_trainer_state_is_an_error_with_a_hint(stopped_run, tmp_path, ca
     assert lines[-2].startswith(f"Error: {out / 'train_state' / named}")
     assert lines[-1].startswith("Hint: ") and "--no-resume" in lines[-1]
     assert cli_exit_code(["finetune", str(recipe), f"output_dir={out}", "train.max_steps=2", "--no-resume"]) == 0
+
+
+@pytest.mark.parametrize("folder", ["ckpt", "train_state"])
+def test_a_users_file_inside_ckpt_or_train_state_stops_the_run_before_training(stopped_run, tmp_path, capsys,
+                                                                                folder):
+    recipe, run = stopped_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    (out / folder / "onnx").mkdir()
+    (out / folder / "onnx" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert cli_exit_code(["finetune", str(recipe), f"output_dir={out}", "train.max_steps=2"]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {out / folder} is not a" in err and "onnx/notes.txt" in err and "Traceback" not in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
