@@ -18,14 +18,19 @@ from ilora_export.cli.options import (
 
 
 def format_summary(s: dict) -> str:
-    return "\n".join([
+    lines = [
         f"rows                 {s['rows']}",
         f"ValidRatio           {s['valid_ratio']:.4f}  ({s['valid']}/{s['rows']})",
         f"HitRatio@1 (valid)   {s['hit_ratio@1_of_valid']:.4f}  ({s['correct']}/{s['valid']}, official code)",
         f"HitRatio@1 (total)   {s['hit_ratio@1_of_total']:.4f}  ({s['correct']}/{s['rows']}, published tables)",
         f"SASRec HitRatio@1    {s['sasrec_hit_ratio@1']:.4f}  (same candidates)",
         f"wall time            {s['wall_seconds']:.1f} s",
-    ])
+    ]
+    mismatch = s.get("catalogue_mismatch")
+    if mismatch:
+        lines.insert(0, f"catalogue            dataset titles differ from the model's in {mismatch['items_differing']} "
+                        "items; judged with the model's titles (--allow-catalogue-mismatch)")
+    return "\n".join(lines)
 
 
 @click.command(name="eval")
@@ -56,15 +61,21 @@ def format_summary(s: dict) -> str:
               help="Ray cluster address (default: a local Ray instance on this machine, or RAY_ADDRESS).")
 @click.option("--num-workers", type=click.IntRange(min=1), default=None,
               help="Ray actors (default: the cluster's CPUs / --threads).")
+@click.option("--allow-catalogue-mismatch", is_flag=True,
+              help="Evaluate even when the dataset's item titles differ from the model's catalogue "
+                   "(catalogue.json of the checkpoint or export): prompts and judgements then use the "
+                   "model's titles, and summary.json records the mismatch. Item counts must still match.")
 def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
-             base_model, threads, bank, output, shard_rows, restart, use_ray, address, num_workers):
+             base_model, threads, bank, output, shard_rows, restart, use_ray, address, num_workers,
+             allow_catalogue_mismatch):
     """Evaluate TARGET: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
 
     TARGET is a checkpoint folder (--backend torch) or an export folder from `ilora-export onnx`
     (--backend ort). Both run the same generator, so their answers can be compared row by row.
     With -o OUTPUT the results are written shard by shard (Parquet, OUTPUT/shards/), then
     predictions.csv, summary.json and the evaluation set used; rerunning the same command after a
-    crash or a kill keeps the finished shards and evaluates only the rest.
+    crash or a kill keeps the finished shards and evaluates only the rest. The dataset must be the
+    model's (same item catalogue, same history length); this is checked before any work.
 
     \b
     Examples:
@@ -76,7 +87,8 @@ def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, 
     summary = run_eval(target, data_dir, split, backend=backend, device=device, batch_size=batch_size,
                        limit=limit, output=output, seed=seed, eval_set=eval_set, prompt_file=prompt_file,
                        base_model=base_model, threads=threads, bank=bank, shard_rows=shard_rows,
-                       restart=restart, ray=use_ray, address=address, num_workers=num_workers)
+                       restart=restart, ray=use_ray, address=address, num_workers=num_workers,
+                       allow_catalogue_mismatch=allow_catalogue_mismatch)
     click.echo(format_summary(summary))
     if output:
         click.echo(f"results: {output}")

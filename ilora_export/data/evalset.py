@@ -270,6 +270,54 @@ def load_or_build_eval_set(dataset: LlaraDataset, split: str, seed: int, path: P
     return evalset
 
 
+# --------------------------------------------------------------------------------------------
+# Does an evaluation set fit a model?
+
+
+def check_catalogue(dataset: Catalogue, model: Catalogue, *, allow_mismatch: bool = False,
+                    override: str | None = None) -> dict:
+    """Refuse a dataset whose catalogue is not the model's (``catalogue.json`` of its checkpoint or
+    export): prompts and answers use the model's titles, so other titles would be judged against
+    names the dataset does not have. Item counts must match (the padding id is the item count);
+    with ``allow_mismatch`` differing titles are allowed, and reported. ``override`` names the option
+    that allows them, for the hint.
+
+    Returns what a summary records: ``catalogue_sha256`` (the model's
+    :meth:`~ilora_export.data.llara.Catalogue.fingerprint`) and, for an allowed mismatch,
+    ``catalogue_mismatch``.
+    """
+    if dataset.num_items != model.num_items:
+        raise DataError(f"{dataset.source}: catalogue has {dataset.num_items} items, the model's "
+                        f"({model.source}) has {model.num_items}",
+                        hint="Evaluate with the dataset the model was trained on: item ids and the padding id "
+                             "must be the model's.")
+    have, want = dataset.fingerprint(), model.fingerprint()
+    if have == want:
+        return {"catalogue_sha256": want}
+    differ = [i for i in sorted(model.titles) if dataset.titles[i] != model.titles[i]]
+    first = differ[0]
+    if not allow_mismatch:
+        raise DataError(f"{dataset.source}: catalogue differs from the model's ({model.source}) in {len(differ)} "
+                        f"of {model.num_items} items, first at item id {first}: {dataset.titles[first]!r} here, "
+                        f"{model.titles[first]!r} in the model",
+                        hint="Evaluate with the dataset the model was trained on"
+                             + (f", or pass {override} to evaluate with the model's titles." if override else "."))
+    return {"catalogue_sha256": want, "catalogue_mismatch": {
+        "allowed": True, "items_differing": len(differ), "first_item_id": first,
+        "dataset_title": dataset.titles[first], "model_title": model.titles[first], "dataset_sha256": have}}
+
+
+def check_history_length(evalset: EvalSet, state_size: int, source) -> None:
+    """Refuse an evaluation set whose histories (``seq``, padded) do not hold the model's state size:
+    SASRec has exactly that many positions. ``source`` names the file the rows come from."""
+    length = len(evalset.rows[0].seq) if evalset.rows else state_size
+    if length != state_size:
+        raise DataError(f"{source}: histories hold {length} items ('seq' length), the model takes {state_size} "
+                        "(its SASRec state size)",
+                        hint="Evaluate with the dataset the model was trained on, or one written with the same "
+                             "state size.")
+
+
 def export_eval_set(data_dir, split: str = "test", seed: int = 0, output=None) -> tuple[EvalSet, Path]:
     """Build the evaluation set of ``data_dir``'s ``split`` and write it.
 

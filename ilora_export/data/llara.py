@@ -78,6 +78,15 @@ class Catalogue:
             raise DataError(f"{where}: {_describe_bad_id(int(bad.ravel()[0]), self.num_items)}",
                             hint="The data files and the catalogue must come from the same dataset.")
 
+    def fingerprint(self) -> str:
+        """sha256 of the ids and titles, as canonical JSON ``[[id, title], ...]`` by id: the same for
+        the same items whichever file (id2name.txt, u.item, catalogue.json) they were read from."""
+        import hashlib
+        import json
+
+        canonical = json.dumps(sorted(self.titles.items()), ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
 
 def _describe_bad_id(item_id: int, num_items: int) -> str:
     if item_id == num_items:

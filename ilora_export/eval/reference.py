@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ilora_export.data.evalset import EvalSet
-from ilora_export.errors import DataError, IloraError
+from ilora_export.data.llara import Catalogue
+from ilora_export.errors import IloraError
 from ilora_export.eval.metrics import Judgement, judge, summarize
 from ilora_export.fileio import atomic_path, sha256_file
 from ilora_export.model.generate import MAX_NEW_TOKENS
@@ -117,16 +118,66 @@ def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) ->
 BACKENDS = ("torch", "ort", "trt")
 
 
+def _check_target_kind(target, backend: str) -> None:
+    """IloraError when ``target`` is not the kind of folder ``backend`` runs."""
+    target = Path(target)
+    if backend == "torch" and (target / "manifest.json").is_file():
+        raise IloraError(f"{target} is an export directory; the torch backend evaluates checkpoints",
+                         "use --backend ort for an export, or pass the checkpoint folder")
+    if backend == "ort" and (target / "config.json").is_file() and not (target / "manifest.json").exists():
+        raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
+                         f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
+    if backend not in BACKENDS:
+        raise IloraError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+
+
+def _engines_export(target) -> Path:
+    """The export folder an engines folder (``ilora-export trt``) was built from."""
+    from ilora_export.trt.build import ENGINES_INDEX
+
+    index_file = Path(target) / ENGINES_INDEX
+    if not index_file.is_file():
+        raise IloraError(f"{target}: no {ENGINES_INDEX}; not an engines folder",
+                         "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
+    try:
+        export = json.loads(index_file.read_text(encoding="utf-8"))["export"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise IloraError(f"{index_file}: unreadable or without the export it was built from",
+                         "build the engines again: ilora-export trt EXPORT_DIR") from None
+    return Path(export)
+
+
+def model_facts(target, backend: str = "torch") -> tuple[Catalogue, int]:
+    """The model's catalogue and history length (SASRec state size), from the verified index of
+    ``target`` (checkpoint, export or engines folder) without loading any weights: what a dataset
+    must match before evaluation starts."""
+    from ilora_export.checkpoint.format import read_catalogue
+
+    _check_target_kind(target, backend)
+    if backend == "torch":
+        from ilora_export.checkpoint.format import CATALOGUE, read_checkpoint
+
+        ckpt = read_checkpoint(target)
+        return read_catalogue(ckpt.path / CATALOGUE), ckpt.config["sasrec"]["state_size"]
+    from ilora_export.export.manifest import (
+        CATALOGUE,
+        read_manifest,
+        verify_export_files,
+    )
+
+    info = read_manifest(target if backend == "ort" else _engines_export(target), verify_files=False)
+    verify_export_files(info, [CATALOGUE])  # the rest is verified when the backend opens the export
+    return read_catalogue(info.path / CATALOGUE), info.manifest["model"]["state_size"]
+
+
 def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
                  threads: int | None = None, bank=None, bank_mode: str = "session"):
-    """(backend, assets) for a checkpoint (torch) or an export directory (ort)."""
+    """(backend, assets) for a checkpoint (torch), an export directory (ort) or an engines folder (trt)."""
+    _check_target_kind(target, backend)
     if backend == "torch":
         from ilora_export.checkpoint import load_checkpoint
         from ilora_export.runtime.torch_backend import TorchBackend
 
-        if (Path(target) / "manifest.json").is_file():
-            raise IloraError(f"{target} is an export directory; the torch backend evaluates checkpoints",
-                             "use --backend ort for an export, or pass the checkpoint folder")
         if device == "cuda" and not torch.cuda.is_available():
             raise IloraError("--device cuda: PyTorch sees no CUDA device",
                              "install a CUDA build of PyTorch, or use --device cpu")
@@ -134,29 +185,17 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
             torch.set_num_threads(threads)
         loaded = load_checkpoint(target, base_model=base_model, device=device)
         return TorchBackend(loaded.model, device), loaded.assets()
+    from ilora_export.export.load import load_export
+
     if backend == "ort":
-        from ilora_export.export.load import load_export
         from ilora_export.runtime.ort_backend import OrtBackend
 
-        if (Path(target) / "config.json").is_file() and not (Path(target) / "manifest.json").exists():
-            raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
-                             f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
         export = load_export(target)
         return OrtBackend(export, device=device, threads=threads, bank=bank, bank_mode=bank_mode), export.assets
-    if backend == "trt":
-        import json
+    from ilora_export.runtime.trt_backend import TrtBackend
 
-        from ilora_export.export.load import load_export
-        from ilora_export.runtime.trt_backend import TrtBackend
-        from ilora_export.trt.build import ENGINES_INDEX
-
-        index_file = Path(target) / ENGINES_INDEX
-        if not index_file.is_file():
-            raise IloraError(f"{target}: no {ENGINES_INDEX}; not an engines folder",
-                             "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
-        export = load_export(json.loads(index_file.read_text(encoding="utf-8"))["export"])
-        return TrtBackend(target, export), export.assets
-    raise IloraError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    export = load_export(_engines_export(target))
+    return TrtBackend(target, export), export.assets
 
 
 def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", device: str = "cpu",
@@ -164,16 +203,24 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
              eval_set=None, prompt_file=None, base_model: str | None = None, threads: int | None = None,
              bank=None, progress: bool = True, shard_rows: int | None = None, restart: bool = False,
              replace_other: bool = False, ray: bool = False, address: str | None = None,
-             num_workers: int | None = None) -> dict:
+             num_workers: int | None = None, allow_catalogue_mismatch: bool = False) -> dict:
     """Open a checkpoint (torch) or export (ort), materialize (or read) the evaluation set, evaluate,
     write results. This is the library call behind ``ilora-export eval``. Returns the summary dict.
 
     With ``output`` the results are written per shard of ``shard_rows`` rows (``eval.shards``), so a
     killed run resumes where it stopped (``restart`` discards finished shards; ``replace_other`` only
-    those of another evaluation, for a folder the caller owns); ``ray`` evaluates the shards on Ray Data actors (local when no
-    ``address``), ``num_workers`` of them.
+    those of another evaluation, for a folder the caller owns); ``ray`` evaluates the shards on Ray
+    Data actors (local when no ``address``), ``num_workers`` of them.
+
+    Before any work the dataset must be the model's: the same catalogue (ids and titles; with
+    ``allow_catalogue_mismatch`` differing titles are evaluated with the model's, and recorded in the
+    summary) and histories of the model's state size.
     """
-    from ilora_export.data.evalset import load_or_build_eval_set
+    from ilora_export.data.evalset import (
+        check_catalogue,
+        check_history_length,
+        load_or_build_eval_set,
+    )
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import load_prompt_file
 
@@ -182,23 +229,31 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
     if ray and backend != "ort":
         raise IloraError(f"--ray runs the ort backend (not {backend})", "export first and pass --backend ort")
     dataset = load_dataset(data_dir)
+    catalogue, state_size = model_facts(target, backend)
+    fit = check_catalogue(dataset.catalogue, catalogue, allow_mismatch=allow_catalogue_mismatch,
+                          override="--allow-catalogue-mismatch")
     evalset = load_or_build_eval_set(dataset, split, seed, Path(eval_set) if eval_set else None)
+    check_history_length(evalset, state_size, eval_set or dataset.split_path(split))
     if limit is not None:
         evalset.rows = evalset.rows[:limit]
     templates = load_prompt_file(prompt_file) if prompt_file else None
     extra = {"backend": backend, "device": device, "batch_size": batch_size, "target": str(target),
-             "data": str(data_dir), "threads": threads or torch.get_num_threads()}
+             "data": str(data_dir), "threads": threads or torch.get_num_threads()} | fit
     t0 = time.perf_counter()
     if output is None:
         runner, assets = open_backend(target, backend, device=device, base_model=base_model, threads=threads,
                                       bank=bank)
-        _check_catalogue(dataset, assets, data_dir)
         out = evaluate_backend(runner, assets, evalset, batch_size=batch_size, progress=progress,
                                templates=templates)
         return out.summary | extra | {"wall_seconds": round(time.perf_counter() - t0, 2)}
 
     from ilora_export.data.evalset import write_eval_set
-    from ilora_export.eval.shards import DEFAULT_SHARD_ROWS, ShardStore, plan_shards, target_identity
+    from ilora_export.eval.shards import (
+        DEFAULT_SHARD_ROWS,
+        ShardStore,
+        plan_shards,
+        target_identity,
+    )
 
     output = Path(output)
     shard_rows = shard_rows or DEFAULT_SHARD_ROWS
@@ -216,7 +271,6 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
     if pending and ray:
         from ilora_export.eval.distributed import ray_evaluate
 
-        _check_catalogue(dataset, _assets_of(target), data_dir)
         extra |= ray_evaluate(store, target, pending, address=address, num_workers=num_workers, threads=threads,
                               bank=bank, batch_size=batch_size, prompt_file=prompt_file, on_rows=bar.update)
     elif pending:
@@ -224,7 +278,6 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
 
         runner, assets = open_backend(target, backend, device=device, base_model=base_model, threads=threads,
                                       bank=bank)
-        _check_catalogue(dataset, assets, data_dir)
         evaluate_pending(store, lambda pos: answer_rows(runner, assets, [evalset.rows[i] for i in pos],
                                                         batch_size=batch_size, templates=templates,
                                                         on_batch=bar.update))
@@ -235,18 +288,6 @@ def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", d
         "shards_resumed": len(store.plan) - len(pending), "ray": ray}
     write_eval_output(EvalOutput(records, summary), output)
     return summary
-
-
-def _check_catalogue(dataset, assets, data_dir) -> None:
-    if dataset.catalogue.num_items != assets.catalogue.num_items:
-        raise DataError(f"{data_dir}: catalogue has {dataset.catalogue.num_items} items, the model's "
-                        f"{assets.catalogue.num_items}", "evaluate with the dataset the model was trained on")
-
-
-def _assets_of(target):
-    from ilora_export.export.load import load_export
-
-    return load_export(target).assets
 
 
 def _eval_set_sha256(evalset: EvalSet) -> str:

@@ -46,6 +46,21 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
 
     export = load_export(export_dir)
     info = export.info
+    evalset = None
+    if data_dir is not None:  # the model's dataset, or refused before anything runs
+        from ilora_export.data.evalset import (
+            check_catalogue,
+            check_history_length,
+            load_or_build_eval_set,
+        )
+        from ilora_export.data.llara import load_dataset
+
+        dataset = load_dataset(data_dir)
+        check_catalogue(dataset.catalogue, export.assets.catalogue)
+        evalset = load_or_build_eval_set(dataset, split, seed, Path(eval_set) if eval_set else None)
+        check_history_length(evalset, info.manifest["model"]["state_size"], eval_set or dataset.split_path(split))
+        if limit is not None:
+            evalset.rows = evalset.rows[:limit]
     loaded = load_checkpoint(checkpoint)
     check_source(loaded.info, info)
     torch_backend, ort_backend = TorchBackend(loaded.model), OrtBackend(export, threads=threads)
@@ -62,13 +77,7 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     report = {"checkpoint": str(checkpoint), "export": str(export_dir), "dtype": info.dtype,
               "bake_experts": info.bake_experts, "quantization": info.quantization, "logits": logits}
 
-    if data_dir is not None:
-        from ilora_export.data.evalset import load_or_build_eval_set
-        from ilora_export.data.llara import load_dataset
-
-        evalset = load_or_build_eval_set(load_dataset(data_dir), split, seed, Path(eval_set) if eval_set else None)
-        if limit is not None:
-            evalset.rows = evalset.rows[:limit]
+    if evalset is not None:
         ref = evaluate_backend(torch_backend, loaded.assets(), evalset, batch_size=batch_size, progress=progress)
         got = evaluate_backend(ort_backend, export.assets, evalset, batch_size=batch_size, progress=progress)
         differ = [{"row_id": a["row_id"], "torch": a["answer"], "ort": b["answer"]}

@@ -58,3 +58,9 @@ def test_base_model_that_is_not_a_causal_lm_is_refused(tmp_path, tiny_llama_dir,
     assert cli_exit_code(["finetune", str(recipe), f"base_model={bert}"]) == 1
     err = capsys.readouterr().err
     assert "not a causal LM" in err and "Traceback" not in err
+
+
+def test_eval_help_documents_the_catalogue_override(capsys):
+    assert cli_exit_code(["eval", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--allow-catalogue-mismatch" in out and "summary.json records the mismatch" in out

@@ -112,9 +112,15 @@ def test_without_data_the_gate_is_skipped_with_a_warning(tiny_export, tmp_path):
 
 
 def _edited_copy(export, tmp_path, **changes):
+    """A copy of ``export`` whose manifest says ``changes``, with the decoder contract an export made
+    so declares (manifest.json is validated for consistency when read)."""
+    from ilora_export.export.contract import ModelShape, decoder_contract
+
     copy = shutil.copytree(export, tmp_path / "edited")
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest.update(changes)
+    manifest["graphs"]["decoder"] = decoder_contract(ModelShape.from_dict(manifest["model"]), manifest["dtype"],
+                                                     bake_experts=manifest["bake_experts"]).to_dict()
     (copy / MANIFEST).write_text(json.dumps(manifest))
     return copy
 
