@@ -137,8 +137,10 @@ def _raise_output_error(err: BaseException, target: Path) -> None:
         raise translated from None
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; the folders created, outermost first."""
+def make_dirs(folder: str | os.PathLike) -> list[Path]:
+    """Create ``folder`` and its missing parents (everyday faults as :class:`OutputError`); the folders
+    created, outermost first, for :func:`remove_empty_dirs` to take back after a failure."""
+    folder = Path(folder)
     missing = []
     for candidate in (folder, *folder.parents):
         if candidate.is_dir():
@@ -150,12 +152,12 @@ def _make_parents(folder: Path) -> list[Path]:
             candidate.mkdir()
         except FileExistsError:
             if not candidate.is_dir():
-                _remove_empty(created)
+                remove_empty_dirs(created)
                 raise OutputError(f"cannot write into {candidate}: it is a file, not a folder",
                                   "pick another output path") from None
             continue
         except OSError as err:
-            _remove_empty(created)
+            remove_empty_dirs(created)
             translated = output_error(err, candidate / "-")
             if translated is None:
                 raise
@@ -164,8 +166,8 @@ def _make_parents(folder: Path) -> list[Path]:
     return created
 
 
-def _remove_empty(created: list[Path]) -> None:
-    """Remove folders this run created, innermost first, as long as they are empty."""
+def remove_empty_dirs(created: list[Path]) -> None:
+    """Remove folders this run created (:func:`make_dirs`), innermost first, as long as they are empty."""
     for folder in reversed(created):
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -192,18 +194,23 @@ def _is_abandoned(entry: Path) -> bool:
     return False
 
 
-def clean_stale_temporaries(final: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries of ``final`` (``.NAME.tmp-*``, ``.NAME.old-*`` beside it) whose writer is gone.
+def clean_stale_temporaries(final: str | os.PathLike | None = None, *, folder: str | os.PathLike | None = None
+                            ) -> list[Path]:
+    """Remove abandoned temporaries (``.NAME.tmp-*``, ``.NAME.old-*``): those of ``final`` (beside it), or
+    every one in ``folder``.
 
     Only names this module gives its temporaries are touched, and only when their owner process no
-    longer runs (or, for temporaries without an owner pid, when untouched for an hour). Returns what was
-    removed.
+    longer runs (or, for temporaries without an owner pid, when untouched for an hour), so a concurrent
+    writer's work is never removed. Returns what was removed.
     """
-    final = Path(final)
+    if (final is None) == (folder is None):
+        raise TypeError("pass either final or folder")
+    where = Path(folder) if folder is not None else Path(final).parent
+    prefixes = (f".{Path(final).name}.tmp-", f".{Path(final).name}.old-") if final is not None else (".",)
     removed = []
     with contextlib.suppress(OSError):
-        for entry in final.parent.iterdir():
-            if not entry.name.startswith((f".{final.name}.tmp-", f".{final.name}.old-")) or not _is_abandoned(entry):
+        for entry in where.iterdir():
+            if not entry.name.startswith(prefixes) or not _is_abandoned(entry):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -225,7 +232,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     if final.is_dir():
         raise OutputError(f"cannot write {final}: it is a folder", "pick another output path")
-    created = _make_parents(final.parent)
+    created = make_dirs(final.parent)
     clean_stale_temporaries(final)
     tmp_path = None
     try:
@@ -239,7 +246,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         if tmp_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp_path.unlink()
-        _remove_empty(created)
+        remove_empty_dirs(created)
         _raise_output_error(err, final)
         raise
 
@@ -277,7 +284,7 @@ def atomic_dir(final: str | os.PathLike, *, replaceable: Callable[[Path], bool] 
     """
     final = Path(final)
     check_replaceable(final, replaceable, what)
-    created = _make_parents(final.parent)
+    created = make_dirs(final.parent)
     clean_stale_temporaries(final)
     tmp = None
     try:
@@ -294,7 +301,7 @@ def atomic_dir(final: str | os.PathLike, *, replaceable: Callable[[Path], bool] 
     except BaseException as err:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_dirs(created)
         _raise_output_error(err, final)
         raise
     if old is not None:

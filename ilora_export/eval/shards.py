@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ilora_export.errors import IloraError
-from ilora_export.fileio import atomic_path, sha256_file
+from ilora_export.fileio import atomic_path, clean_stale_temporaries, make_dirs, remove_empty_dirs, sha256_file
 
 RUN = "run.json"
 SHARDS = "shards"
@@ -105,14 +105,17 @@ class ShardStore:
         if restart and shards.is_dir():
             for f in shards.glob("shard-*.parquet"):
                 f.unlink()
-        shards.mkdir(parents=True, exist_ok=True)
-        for stale in shards.glob(".shard-*.tmp-*"):  # a write cut short by a kill
-            stale.unlink()
-        self._refuse_unexpected()
-        with atomic_path(run) as tmp:
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "identity": self.identity,
-                                       "shards": len(self.plan), "rows": len(self.row_ids)}, indent=2) + "\n",
-                           encoding="utf-8")
+        created = make_dirs(shards)
+        try:
+            clean_stale_temporaries(folder=shards)  # writes cut short by a kill (a live writer's are kept)
+            self._refuse_unexpected()
+            with atomic_path(run) as tmp:
+                tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "identity": self.identity,
+                                           "shards": len(self.plan), "rows": len(self.row_ids)}, indent=2) + "\n",
+                               encoding="utf-8")
+        except BaseException:
+            remove_empty_dirs(created)  # a folder that could not even be started is not left behind
+            raise
 
     def _read_run(self) -> dict | None:
         """The folder's run.json, None when it is unreadable or not what :meth:`open` writes."""
@@ -134,8 +137,8 @@ class ShardStore:
             more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
             raise IloraError(f"{self.root / SHARDS}: unexpected file {unexpected[0]}{more}, not one of the "
                              f"{len(self.plan)} shards of this evaluation",
-                             f"delete {'them' if more else 'it'} if not this evaluation's, or pass --restart to discard every shard "
-                             "in the folder and evaluate from scratch")
+                             f"delete {'them' if more else 'it'} if not this evaluation's, or pass --restart to "
+                             "discard every shard in the folder and evaluate from scratch")
 
     def read(self, index: int) -> tuple[dict, list[dict]] | None:
         """(metadata, records) of a finished shard, None when absent or not this run's / incomplete."""
