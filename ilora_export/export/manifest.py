@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ilora_export.artifacts.kinds import EXPORT_FORMAT
 from ilora_export.errors import ExportError
 from ilora_export.export.contract import (
     GraphContract,
@@ -36,7 +37,7 @@ from ilora_export.model import tokens as T
 from ilora_export.schema import build, describe, opt
 
 MANIFEST = "manifest.json"
-FORMAT = "ilora-export/onnx"
+FORMAT = EXPORT_FORMAT
 FORMAT_VERSION = 1
 BANK = "bank.safetensors"
 EMBEDDINGS = "embeddings.safetensors"

@@ -144,6 +144,7 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
             "model": shape.to_dict() | {"item_num": model.sasrec.item_num, "state_size": model.sasrec.state_size},
             "adapter": {k: cfg["adapter"][k] for k in ("r", "alpha", "num_experts", "target_modules", "gate")}
             | {"scaling": model.spec.scaling},
+            "catalogue_sha256": loaded.catalogue.fingerprint(),  # ids and titles, as eval compares them
             "tokens": dict(model.token_ids),
             "eos_token_ids": sorted(eos_token_ids(model.tokenizer, model.llm.generation_config)),
             "pad_token_id": model.tokenizer.pad_token_id,

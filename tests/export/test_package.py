@@ -47,8 +47,9 @@ def _torch(ckpt):
     return TorchBackend(loaded.model), loaded.assets()
 
 
-def test_manifest_describes_and_hashes_the_export(exports, ckpt):
+def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):
     m = json.loads((exports["bank"] / MANIFEST).read_text())
+    assert m["catalogue_sha256"] == load_dataset(toy_data_dir).catalogue.fingerprint()
     assert m["adapter"]["num_experts"] == 4 and m["adapter"]["r"] == 8 and m["adapter"]["scaling"] == 16 / 2
     assert m["tokens"]["[HistoryEmb]"] > 49151 and m["opset"] >= 18
     assert set(m["versions"]) >= {"torch", "transformers", "onnx"}
