@@ -68,7 +68,7 @@ class SASRecConfig:
     dropout: float = opt(0.1, ge=0, lt=1)
     epochs: int = opt(20, ge=1)
     batch_size: int = opt(256, ge=1)
-    lr: float = opt(1e-3, gt=0)
+    lr: float = opt(1e-3, gt=0, lt=10)
     weight_decay: float = opt(1e-4, ge=0)
 
     @staticmethod
@@ -89,7 +89,7 @@ class TrainConfig:
     max_steps: int = opt(200, ge=1)
     batch_size: int = opt(4, ge=1)
     grad_accum: int = opt(1, ge=1)
-    lr: float = opt(5e-4, gt=0)
+    lr: float = opt(5e-4, gt=0, lt=10)
     weight_decay: float = opt(0.0, ge=0)
     warmup_steps: int = opt(10, ge=0)
     max_grad_norm: float = opt(1.0, gt=0)

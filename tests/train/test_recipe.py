@@ -201,7 +201,7 @@ def test_cross_check_runs_alongside_other_problems_in_the_section(tmp_path):
         ("train.batch_size", "-4", "train.batch_size: must be >= 1; got -4"),
         ("train.grad_accum", "0", "train.grad_accum: must be >= 1; got 0"),
         ("sasrec.batch_size", "0", "sasrec.batch_size: must be >= 1; got 0"),
-        ("train.lr", "0", "train.lr: must be > 0; got 0.0"),
+        ("train.lr", "0", "train.lr: must be > 0 and < 10; got 0.0"),
         ("train.eval_rows", "-1", "train.eval_rows: must be >= 0; got -1"),
         ("data.max_train_rows", "0", "data.max_train_rows: must be >= 1; got 0"),
         ("output_dir", "''", "output_dir: must not be empty"),
@@ -222,6 +222,13 @@ def test_non_finite_numbers_are_refused_all_at_once(tmp_path):
         "train.weight_decay: must be a finite number; got nan",
         "train.max_grad_norm: must be a finite number; got inf",
     ]
+
+
+def test_learning_rates_beyond_any_sane_value_are_refused(tmp_path):
+    # 1e39 is finite but overflows float32 inside the optimizer (a RuntimeError traceback before)
+    lines = fail(tmp_path, MINIMAL, ["train.lr=1e39", "sasrec.lr=10"])
+    assert [line.split(":")[0] for line in lines] == ["sasrec.lr", "train.lr"]
+    assert all("must be > 0 and < 10" in line for line in lines), lines
 
 
 def test_boundary_values_are_accepted(tmp_path):
