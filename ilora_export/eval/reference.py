@@ -120,11 +120,13 @@ BACKENDS = ("torch", "ort", "trt")
 
 def _check_target_kind(target, backend: str) -> None:
     """IloraError when ``target`` is not the kind of folder ``backend`` runs."""
-    target = Path(target)
-    if backend == "torch" and (target / "manifest.json").is_file():
+    from ilora_export.artifacts.kinds import CHECKPOINT, EXPORT, folder_kind
+
+    kind = folder_kind(target)
+    if backend == "torch" and kind == EXPORT:
         raise IloraError(f"{target} is an export directory; the torch backend evaluates checkpoints",
                          "use --backend ort for an export, or pass the checkpoint folder")
-    if backend == "ort" and (target / "config.json").is_file() and not (target / "manifest.json").exists():
+    if backend == "ort" and kind == CHECKPOINT:
         raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
                          f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
     if backend not in BACKENDS:
