@@ -251,22 +251,24 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str) -> None:
+def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str, *,
+                      into: bool = False) -> None:
     """Raise :class:`OutputError` unless ``final`` is absent, an empty folder, or a folder ``replaceable``
-    accepts (a previous output of the same command). ``replaceable=None`` accepts any folder."""
+    accepts (a previous output of the same command; None accepts none). ``into`` words the refusal for a
+    command that writes files into the folder rather than replacing it."""
     final = Path(final)
     if not (final.exists() or final.is_symlink()):
         return
     if not final.is_dir():
         raise OutputError(f"cannot write {what} to {final}: it is a file", "pick another output folder")
-    if replaceable is None or not any(True for _ in final.iterdir()) or replaceable(final):
+    if not any(True for _ in final.iterdir()) or (replaceable is not None and replaceable(final)):
         return
     from ilora_export.artifacts.kinds import describe_folder
 
     raise OutputError(
-        f"{final} is not {what} ({describe_folder(final)}); refusing to replace it",
-        "pick a new or empty output folder; an existing folder is replaced only when it holds "
-        f"{what} written before",
+        f"{final} is not {what} ({describe_folder(final)}); refusing to {'write into' if into else 'replace'} it",
+        f"pick a new or empty output folder; an existing folder is {'written into' if into else 'replaced'} "
+        f"only when it holds {what} written before",
     )
 
 
@@ -277,7 +279,8 @@ def atomic_dir(final: str | os.PathLike, *, replaceable: Callable[[Path], bool] 
 
     An existing ``final`` is replaced just before the rename, and only when it is empty or
     ``replaceable(final)`` says it is a previous output of the same command (``what`` names that
-    output in the refusal); anything else raises :class:`OutputError` before any work starts.
+    output in the refusal); anything else (any non-empty folder when ``replaceable`` is None) raises
+    :class:`OutputError` before any work starts.
     Temporaries of ``final`` abandoned by killed runs are removed first. On any exception the temporary
     folder is deleted and ``final`` is left as it was; everyday write faults are raised as
     :class:`OutputError`.

@@ -34,7 +34,10 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     assert not final.exists() and leftovers(tmp_path) == []
     with atomic_dir(final) as tmp:
         (tmp / "a").write_text("1")
-    with atomic_dir(final) as tmp:
+    with pytest.raises(OutputError, match="refusing to replace it"):  # no predicate: only an empty folder goes
+        with atomic_dir(final):
+            pass
+    with atomic_dir(final, replaceable=lambda p: (p / "a").is_file()) as tmp:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["b"] and leftovers(tmp_path) == []
 

@@ -153,7 +153,7 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
         raise DataError(f"{out} exists and is not a folder", hint="choose another output folder")
     for name in OUTPUT_FILES:  # temporaries a killed run left are not files of someone else's
         clean_stale_temporaries(out / name)
-    check_replaceable(out, is_demo_output, _WHAT)
+    check_replaceable(out, is_demo_output, _WHAT, into=True)
 
     wheel = fetch_wheel(RECBOLE_NAME, RECBOLE_VERSION, RECBOLE_SHA256, cache_dir=cache_dir, progress=progress)
     with tempfile.TemporaryDirectory(prefix="ilora-ml100k-") as tmp:

@@ -22,8 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ilora_export.artifacts.kinds import EVALUATION, of_kind
 from ilora_export.errors import IloraError
-from ilora_export.fileio import atomic_path, clean_stale_temporaries, make_dirs, remove_empty_dirs, sha256_file
+from ilora_export.fileio import (
+    atomic_path,
+    check_replaceable,
+    clean_stale_temporaries,
+    make_dirs,
+    remove_empty_dirs,
+    sha256_file,
+)
 
 RUN = "run.json"
 SHARDS = "shards"
@@ -86,6 +94,8 @@ class ShardStore:
         """Create or reopen the folder; refuses one that holds another evaluation (or an unreadable
         run.json, or shard files outside the plan) unless ``restart`` (discard whatever is there) or
         ``replace_other`` (discard it only when it is not this evaluation)."""
+        # predictions.csv, summary.json ... are written into the folder: never over a user's files
+        check_replaceable(self.root, of_kind(EVALUATION), "an evaluation output", into=True)
         run = self.root / RUN
         if run.is_file() and not restart:
             old = self._read_run()

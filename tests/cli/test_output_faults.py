@@ -83,3 +83,21 @@ def test_a_file_in_the_way(command, ckpt, toy_data_dir, recipe_file, tmp_path, c
     assert cli_exit_code(args) == 1
     _assert_one_line_error(capsys)
     assert _snapshot(tmp_path) == ["new"] and blocker.read_text() == "a file, not a folder"
+
+
+def test_eval_never_writes_into_a_folder_of_other_files(ckpt, toy_data_dir, tmp_path, capsys):
+    user = tmp_path / "reports"
+    user.mkdir()
+    (user / "summary.json").write_text('{"mine": true}')
+    (user / "notes.txt").write_text("keep")
+    args = ["eval", str(ckpt), "--data", str(toy_data_dir), "--limit", "2", "-o", str(user)]
+    for extra in ([], ["--restart"]):
+        assert cli_exit_code(args + extra) == 1
+        _assert_one_line_error(capsys, "is not an evaluation output", "refusing to write into it")
+        assert _snapshot(user) == ["notes.txt", "summary.json"]
+        assert (user / "summary.json").read_text() == '{"mine": true}'
+    (user / "summary.json").unlink()
+    (user / "notes.txt").unlink()
+    assert cli_exit_code(args) == 0  # an empty folder is fine, and so is the evaluation it now holds
+    assert cli_exit_code(args) == 0
+    assert "summary.json" in _snapshot(user)
