@@ -71,7 +71,8 @@ def main(argv=None):
         spec = {"backend": "ort", "target": args.plain_export, "data": args.data, "split": "test", "limit": 1,
                 "threads": args.threads, "repeats": args.repeats, "eval_repeats": 1, "prompt_lengths": lengths,
                 "decode_past": args.decode_past, "decode_steps": args.decode_steps, "eval_batch_sizes": [],
-                "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())["adapter"]["num_experts"]}
+                "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())
+                ["adapter"]["num_experts"]}
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
                        check=True, env=env)
@@ -80,7 +81,8 @@ def main(argv=None):
     for group, packages in PEER_VENVS.items():
         python = ensure_venv(Path(f"{args.venv}-{group}"), packages)
         raw = out / f"peers-raw-{group}.json"
-        subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(Path(args.venv).parent / ".peers-work"),
+        work = Path(args.venv).parent / ".peers-work"
+        subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(work),
                         str(args.threads), str(args.repeats), args.lengths, str(args.decode_past),
                         str(args.decode_steps), str(raw), group], check=True, env=env)
         part = json.loads(raw.read_text())

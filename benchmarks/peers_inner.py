@@ -27,8 +27,8 @@ def optimum_row(base, work, threads, repeats, lengths, past, steps):
 
     out = work / "optimum"
     if not (out / "model.onnx").is_file():
-        subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "onnx", "--model", str(base), "--task", "text-generation-with-past",
-                        str(out)], check=True)
+        subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "onnx", "--model", str(base),
+                        "--task", "text-generation-with-past", str(out)], check=True)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
@@ -131,9 +131,10 @@ def main():
     threads, repeats, past, steps = int(threads), int(repeats), int(past), int(steps)
     lengths = [int(x) for x in lengths.split(",")]
     rows, errors = {}, {}
-    peers = {"optimum": [("optimum-onnx", lambda: optimum_row(base, work, threads, repeats, lengths, past, steps))],
-             "genai": [("ort-genai fp32", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "fp32")),
-                       ("ort-genai int4", lambda: genai_row(base, work, threads, repeats, lengths, past, steps, "int4"))]}
+    common = (base, work, threads, repeats, lengths, past, steps)
+    peers = {"optimum": [("optimum-onnx", lambda: optimum_row(*common))],
+             "genai": [("ort-genai fp32", lambda: genai_row(*common, "fp32")),
+                       ("ort-genai int4", lambda: genai_row(*common, "int4"))]}
     for name, fn in peers[group]:
         try:
             t = time.perf_counter()

@@ -5,11 +5,11 @@
         -o benchmarks/results/lastfm-smollm2
 
 The Ray configurations are WORKERS x THREADS per worker: at a fixed thread count per worker, adding
-workers shows how the evaluation scales with machines' cores. Every configuration evaluates the same rows into a fresh folder (no resumed shards) and must give the
-same predictions.csv as the single-process run. Reported per configuration: wall time (Ray start-up
-and model loads included), rows/s, the evaluation's own rate (rows / the busiest worker's shard time,
-what a long run converges to) and the model load time per worker. Writes ray_scaling.json and
-ray_scaling.md.
+workers shows how the evaluation scales with machines' cores. Every configuration evaluates the same rows
+into a fresh folder (no resumed shards) and must give the same predictions.csv as the single-process
+run. Reported per configuration: wall time (Ray start-up and model loads included), rows/s, the
+evaluation's own rate (rows / the busiest worker's shard time, what a long run converges to) and the
+model load time per worker. Writes ray_scaling.json and ray_scaling.md.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def main() -> None:
                          "workers_used": len(busy), "model_load_s": summary.get("ray_model_load_s"),
                          "identical_to_single_process": predictions == reference})
             print(f"{name}: {wall:.1f} s, {rows[-1]['rows_per_s']:.2f} rows/s "
-                  f"(evaluation alone {rows[-1]['eval_rows_per_s']:.2f}), identical {rows[-1]['identical_to_single_process']}",
+                  f"(evaluation alone {rows[-1]['eval_rows_per_s']:.2f}), "
+                  f"identical {rows[-1]['identical_to_single_process']}",
                   flush=True)
             shutil.rmtree(out, ignore_errors=True)
     base = rows[0]

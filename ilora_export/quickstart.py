@@ -58,7 +58,8 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
     summaries = {}
     for i, (backend, target) in enumerate((("torch", result.checkpoint), ("ort", export)), start=4):
         t = time.perf_counter()
-        log(f"[{i}/5] evaluate with {backend} on {recipe.data.eval_split}" + (f" (first {limit} rows)" if limit else ""))
+        rows = f" (first {limit} rows)" if limit else ""
+        log(f"[{i}/5] evaluate with {backend} on {recipe.data.eval_split}{rows}")
         summaries[backend] = run_eval(target, data, recipe.data.eval_split, backend=backend, limit=limit,
                                       threads=threads, output=out / f"eval-{backend}", replace_other=True)
         stages[f"eval_{backend}"] = time.perf_counter() - t

@@ -74,15 +74,14 @@ def main(argv=None):
         from ilora_export.trt.engine import import_tensorrt
 
         import_tensorrt()
-        for label, export in (("trt-fp32", args.export), ("trt-fp16", args.fp16_export)):
+        for label, export, fp16 in (("trt-fp32", args.export, False), ("trt-fp16", args.fp16_export, True)):
             if export:
-                run(label, lambda e=export, f=label.endswith("fp16"): open_backend(
-                    build_engines(e, Path(e) / "trt", fp16=f), "trt"))
+                run(label, lambda e=export, f=fp16: open_backend(build_engines(e, Path(e) / "trt", fp16=f), "trt"))
     except Exception as err:  # noqa: BLE001
         report["skipped"]["trt"] = f"{type(err).__name__}: {err}"
 
     ref = report["runs"].get("torch-cuda", {}).get("answers")
-    for name, r in report["runs"].items():
+    for r in report["runs"].values():
         if ref is not None:
             r["identical_to_torch_cuda"] = sum(a == b for a, b in zip(r["answers"], ref))
         cpu = report["runs"].get("torch-cpu", {}).get("answers")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import statistics
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,7 +205,8 @@ def markdown(report: dict) -> str:
     lengths = s["prompt_lengths"]
     bs = s["eval_batch_sizes"]
     lines = [f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores, {m.get('memory_gb', '?')} GB; "
-             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s (median of the rows), fp32 GEMM "
+             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s (median of the rows), "
+             "fp32 GEMM "
              f"{m['gemm_gflops']:.0f} GFLOP/s. Medians of {s['repeats']} runs (eval: {s['eval_repeats']}), "
              f"min-max in brackets; one run, rows one after the other.", ""]
     head = ["row", *[f"prefill {n} ms" for n in lengths], "decode ms/token", *[f"eval b{b} rows/s" for b in bs],

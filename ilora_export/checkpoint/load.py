@@ -31,7 +31,7 @@ from ilora_export.errors import CheckpointError
 class LoadedCheckpoint:
     """A ready-to-run model plus what it needs to build prompts."""
 
-    model: "ILoRAModel"  # noqa: F821
+    model: ILoRAModel  # noqa: F821
     catalogue: Catalogue
     templates: PromptTemplates
     info: CheckpointInfo

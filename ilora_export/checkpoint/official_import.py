@@ -203,7 +203,8 @@ def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_fil
                 raise CheckpointError(f"{ckpt}: {name} has no place in {base_dir}", "pass the matching base model")
             if params[name].shape != t.shape:
                 raise CheckpointError(f"{ckpt}: {name} has shape {tuple(t.shape)}, the base model needs "
-                                      f"{tuple(params[name].shape)}", "pass the base model the checkpoint was trained on")
+                                      f"{tuple(params[name].shape)}",
+                                      "pass the base model the checkpoint was trained on")
             params[name].copy_(t)
 
     stats = "mean 0 / variance 1 (not saved by the official code; as its test run)"

@@ -16,9 +16,9 @@ The padding id is the number of catalogue items, so catalogue ids must be exactl
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

@@ -61,7 +61,8 @@ def _read_atomic(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{what}: cannot read the file: {err}", hint="delete the cached recbole wheel and retry") from None
+        raise DataError(f"{what}: cannot read the file: {err}",
+                        hint="delete the cached recbole wheel and retry") from None
     rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise DataError(f"{what} is empty", hint="delete the cached recbole wheel and retry")

@@ -124,7 +124,8 @@ def verify_export_files(info: ExportInfo, names=None) -> None:
     files = info.manifest["files"]
     problem = find_hash_problem(info.path, {k: files[k] for k in (files if names is None else names)})
     if problem and problem[1] == "missing":
-        raise ExportError(f"{problem[0]}: listed in manifest.json but missing", "the export is incomplete; export again")
+        raise ExportError(f"{problem[0]}: listed in manifest.json but missing",
+                          "the export is incomplete; export again")
     if problem:
         raise ExportError(f"{problem[0]}: sha256 does not match manifest.json (truncated or modified)",
                           "the export is corrupt; export again")

@@ -58,7 +58,7 @@ def compare_backends(reference: Backend, candidate: Backend, assets: PromptAsset
     positions = positions_from_mask(mask)
     state_ref = state_got = None
     deltas, agree, total = [], 0, 0
-    for step in range(decode_steps + 1):
+    for _ in range(decode_steps + 1):
         ref, state_ref = reference.step(embeds, mask, positions, gate, state_ref)
         got, state_got = candidate.step(embeds.astype(candidate.dtype), mask, positions,
                                         gate.astype(candidate.dtype), state_got)

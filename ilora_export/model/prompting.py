@@ -31,7 +31,7 @@ class PromptBatch:
     candidates: torch.Tensor  # [B, N]
     labels: torch.Tensor | None = None  # [B, S]
 
-    def to(self, device) -> "PromptBatch":
+    def to(self, device) -> PromptBatch:
         return PromptBatch(*(None if t is None else t.to(device) for t in (
             self.input_ids, self.attention_mask, self.seq, self.len_seq, self.candidates, self.labels)))
 

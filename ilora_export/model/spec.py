@@ -41,5 +41,5 @@ class AdapterSpec:
         return asdict(self) | {"scaling": self.scaling}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdapterSpec":
+    def from_dict(cls, d: dict) -> AdapterSpec:
         return cls(**{k: v for k, v in d.items() if k != "scaling"})

@@ -57,7 +57,8 @@ def check_metadata(meta: dict, *, trt_version: str, gpu: str, compute_capability
                           "rebuild the engines here: ilora-export trt EXPORT")
     if meta.get("compute_capability") != compute_capability or meta.get("gpu") != gpu:
         raise EngineError(f"{plan}: built for {meta.get('gpu')} (compute capability {meta.get('compute_capability')}), "
-                          f"this is {gpu} ({compute_capability})", "rebuild the engines on this GPU: ilora-export trt EXPORT")
+                          f"this is {gpu} ({compute_capability})",
+                          "rebuild the engines on this GPU: ilora-export trt EXPORT")
 
 
 def read_metadata(plan: Path) -> dict:
@@ -65,7 +66,8 @@ def read_metadata(plan: Path) -> dict:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineError(f"{file}: missing beside {plan.name}", "rebuild the engines: ilora-export trt EXPORT") from None
+        raise EngineError(f"{file}: missing beside {plan.name}",
+                          "rebuild the engines: ilora-export trt EXPORT") from None
     except (OSError, json.JSONDecodeError) as err:
         raise EngineError(f"{file}: unreadable ({err})", "rebuild the engines") from None
 
@@ -110,7 +112,8 @@ def build_engine(trt, onnx_path: Path, plan: Path, profiles: dict, *, timing_cac
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
     meta = meta | {"build_seconds": round(time.perf_counter() - t0, 1), "plan_sha256": sha256_file(plan),
-                   "profiles": {n: {t: [list(s) for s in shapes] for t, shapes in p.items()} for n, p in profiles.items()}}
+                   "profiles": {n: {t: [list(s) for s in shapes] for t, shapes in p.items()}
+                                for n, p in profiles.items()}}
     with atomic_path(metadata_path(plan)) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log(f"{plan.name}: built in {meta['build_seconds']} s")

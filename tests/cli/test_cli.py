@@ -34,7 +34,8 @@ def _write_recipe(path, tiny_llama_dir, data_dir, out_dir):
 
 def test_finetune_command_with_overrides(tmp_path, tiny_llama_dir, toy_data_dir, capsys):
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_llama_dir, toy_data_dir, tmp_path / "run")
-    assert cli_exit_code(["finetune", str(recipe), "train.max_steps=1", "train.eval_rows=2", f"output_dir={tmp_path / 'o'}"]) == 0
+    args = ["finetune", str(recipe), "train.max_steps=1", "train.eval_rows=2", f"output_dir={tmp_path / 'o'}"]
+    assert cli_exit_code(args) == 0
     out = capsys.readouterr().out
     assert "checkpoint:" in out and "(1 steps" in out and "ValidRatio" in out
     assert (tmp_path / "o" / "ckpt" / "config.json").is_file()

@@ -50,7 +50,8 @@ def test_candidates_follow_the_protocol(toy):
         assert all(0 <= c < 50 for c in row.candidates)
         positions.add(row.candidates.index(row.target))
     assert len(positions) > 10  # shuffled, not always in one place
-    assert (evalset.split, evalset.seed, evalset.num_items, evalset.pad_id, evalset.dataset) == ("train", 0, 50, 50, "toy")
+    header = (evalset.split, evalset.seed, evalset.num_items, evalset.pad_id, evalset.dataset)
+    assert header == ("train", 0, 50, 50, "toy")
     assert evalset.fingerprint == sha256_file(toy.split_path("train"))
 
 
@@ -166,7 +167,8 @@ def test_id_outside_catalogue(toy, evalset_file):
     cands = list(row["candidates"])
     cands[next(i for i, c in enumerate(cands) if c != row["target"])] = 5000
     _edit_row(evalset_file, 2, candidates=cands)
-    with pytest.raises(DataError, match=r"test.jsonl: line 2 \(row 0\): item id 5000 outside the catalogue \(50 items\)"):
+    expected = r"test.jsonl: line 2 \(row 0\): item id 5000 outside the catalogue \(50 items\)"
+    with pytest.raises(DataError, match=expected):
         read_eval_set(evalset_file, toy.catalogue)
 
 

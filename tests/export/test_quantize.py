@@ -68,8 +68,9 @@ def test_quality_gate_reports_what_the_two_exports_answer(int8, toy_data_dir):
 
 
 def test_bank_swap_still_applies_to_a_quantized_export(int8):
-    from ilora_export.runtime.ort_backend import OrtBackend
     from safetensors.numpy import load_file, save_file
+
+    from ilora_export.runtime.ort_backend import OrtBackend
 
     _, out, _, _ = int8
     export = load_export(out)

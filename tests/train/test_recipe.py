@@ -72,7 +72,8 @@ def test_shipped_recipe_values():
     assert lastfm.base_model == "default"
     assert lastfm.data.root == "../shared/ilora-ref/data/lastfm"
     assert lastfm.sasrec.pretrained == "../shared/ilora-ref/rec_model/lastfm.pt"
-    assert (lastfm.adapter.r, lastfm.adapter.alpha, lastfm.adapter.num_experts, lastfm.adapter.gate) == (8, 32.0, 4, "dense")
+    adapter = lastfm.adapter
+    assert (adapter.r, adapter.alpha, adapter.num_experts, adapter.gate) == (8, 32.0, 4, "dense")
     assert lastfm.adapter.target_modules == AdapterConfig().target_modules
     assert (lastfm.train.max_steps, lastfm.train.batch_size, lastfm.train.lr) == (300, 4, 5e-4)
     assert lastfm.data.max_train_rows == 4000 and lastfm.train.device == "cpu"
@@ -99,7 +100,8 @@ def test_minimal_recipe_gets_defaults(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL))
     assert recipe == Recipe(output_dir="runs/x", data=DataConfig(root="data/x"))
     assert recipe.base_model == "default" and recipe.seed == 42
-    assert recipe.adapter.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert recipe.adapter.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"]
     assert recipe.train == TrainConfig()
     assert recipe.train.eval_rows == 32
 
@@ -414,7 +416,8 @@ def test_to_dict_is_plain_and_round_trips(tmp_path):
 
 def test_from_dict_validates_with_source_name():
     with pytest.raises(RecipeError) as err:
-        recipe_from_dict({"output_dir": "x", "data": {"root": "y"}, "adapter": {"num_experts": 3}}, source="ckpt/recipe")
+        recipe_from_dict({"output_dir": "x", "data": {"root": "y"}, "adapter": {"num_experts": 3}},
+                         source="ckpt/recipe")
     assert err.value.message.splitlines()[0] == "recipe ckpt/recipe: 1 problem(s)"
     with pytest.raises(RecipeError, match=r"recipe <dict>: 1 problem\(s\)"):
         recipe_from_dict(["not", "a", "mapping"])
