@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ilora_export.artifacts.tokens import CANS_EMB, HISTORY_EMB
 from ilora_export.errors import DataError
-from ilora_export.model.tokens import CANS_EMB, HISTORY_EMB
 
 HISTORY_SLOT = "[HistoryHere]"
 CANS_SLOT = "[CansHere]"

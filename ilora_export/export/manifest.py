@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ilora_export.artifacts import tokens as T
 from ilora_export.artifacts.kinds import EXPORT_FORMAT
 from ilora_export.errors import ExportError
 from ilora_export.export.contract import (
@@ -33,7 +34,6 @@ from ilora_export.export.contract import (
     encoder_contract,
 )
 from ilora_export.fileio import find_hash_problem
-from ilora_export.model import tokens as T
 from ilora_export.schema import build, describe, opt
 
 MANIFEST = "manifest.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ilora_export.model import tokens as T
+from ilora_export.artifacts import tokens as T
 from ilora_export.model.gating import build_gate
 from ilora_export.model.moe_lora import ExpertGate, inject_moe_lora
 from ilora_export.model.projector import ItemProjector

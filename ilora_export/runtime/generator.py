@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ilora_export.model import tokens as T
+from ilora_export.artifacts import tokens as T
 from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule
 from ilora_export.model.prompting import PromptBatch, PromptEncoder
 from ilora_export.runtime.backend import Backend

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from ilora_export.artifacts.tokens import CANS_EMB, HISTORY_EMB
 from ilora_export.data.prompts import (
     CANS_SLOT,
     HISTORY_SLOT,
@@ -11,7 +12,6 @@ from ilora_export.data.prompts import (
     render_prompt,
 )
 from ilora_export.errors import DataError
-from ilora_export.model.tokens import CANS_EMB, HISTORY_EMB
 
 from .conftest import ref_path
 

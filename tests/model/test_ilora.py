@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ilora_export.artifacts import tokens as T
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
-from ilora_export.model import tokens as T
 from ilora_export.model.ilora import positions_from_mask
 from ilora_export.model.prompting import IGNORE_INDEX, PromptEncoder
 from tests.factories import make_tiny_ilora

@@ -1,4 +1,5 @@
-"""Special tokens the iLoRA prompt uses (the names of the official code)."""
+"""Special tokens the iLoRA prompt uses (the names of the official code): prompts, checkpoints and
+exports name them."""
 
 PAD = "[PAD]"
 PH = "[PH]"
