@@ -137,7 +137,7 @@ def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str
                    say: Callable[[str], None]):
     from ilora_export.checkpoint.format import non_finite
     from ilora_export.model.sasrec import load_official_sasrec
-    from ilora_export.train.sasrec import SASRecTrainConfig, train_sasrec
+    from ilora_export.train.sasrec import train_sasrec
 
     num_items = dataset.catalogue.num_items
     if recipe.sasrec.pretrained:
@@ -154,10 +154,7 @@ def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str
             say(f"stage 1: reusing the SASRec in {stage1} (same data, SASRec settings and seed)")
             return sasrec
     say(f"stage 1: training SASRec ({why})")
-    s = recipe.sasrec
-    cfg = SASRecTrainConfig(hidden=s.hidden, num_heads=s.num_heads, dropout=s.dropout, epochs=s.epochs,
-                            batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay)
-    sasrec, metrics = train_sasrec(dataset.split("train"), num_items, cfg, seed=recipe.seed,
+    sasrec, metrics = train_sasrec(dataset.split("train"), num_items, recipe.sasrec, seed=recipe.seed,
                                    valid_df=dataset.split("valid"), progress=progress, device=device)
     if bad := non_finite(sasrec.state_dict()):
         raise IloraError(f"stage 1: SASRec weight {bad[0]} became {bad[1]}", "lower sasrec.lr")

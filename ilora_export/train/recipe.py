@@ -60,7 +60,8 @@ class DataConfig:
 
 @dataclass
 class SASRecConfig:
-    """The collaborative recommender whose user/item embeddings feed the LLM."""
+    """The collaborative recommender whose user/item embeddings feed the LLM: the official pretrained
+    one, or one trained in stage 1 with these settings (``train.sasrec.train_sasrec``)."""
 
     pretrained: str | None = opt(None, nonempty=True)
     hidden: int = opt(64, ge=1)

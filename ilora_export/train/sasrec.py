@@ -6,7 +6,7 @@ Next-item cross-entropy over the ``s_fc`` logits of the whole catalogue, Adam wi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import pandas as pd
 import torch
@@ -15,20 +15,7 @@ from tqdm.auto import tqdm
 
 from ilora_export.errors import DataError
 from ilora_export.model.sasrec import SASRec
-
-
-@dataclass
-class SASRecTrainConfig:
-    hidden: int = 64
-    num_heads: int = 1
-    dropout: float = 0.1
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from ilora_export.train.recipe import SASRecConfig
 
 
 def _item(value) -> int:
@@ -75,7 +62,7 @@ def hit_ratios(model: SASRec, seq: torch.Tensor, len_seq: torch.Tensor, nxt: tor
     return {f"HitRatio@{k}": float(h) / len(seq) for k, h in zip(ks, hits)}
 
 
-def train_sasrec(train_df: pd.DataFrame, num_items: int, cfg: SASRecTrainConfig, *, seed: int,
+def train_sasrec(train_df: pd.DataFrame, num_items: int, cfg: SASRecConfig, *, seed: int,
                  valid_df: pd.DataFrame | None = None, progress: bool = True,
                  device: str | torch.device = "cpu") -> tuple[SASRec, dict]:
     """Train a SASRec on ``train_df``; returns the model (eval mode, on ``device``) and a history.
@@ -88,7 +75,8 @@ def train_sasrec(train_df: pd.DataFrame, num_items: int, cfg: SASRecTrainConfig,
     if valid is not None and valid[0].shape[1] != seq.shape[1]:
         raise DataError("validation sequences are not as long as the training sequences")
     device = torch.device(device)
-    history: dict = {"config": cfg.to_dict(), "seed": seed, "losses": []}
+    config = {k: v for k, v in asdict(cfg).items() if k != "pretrained"}
+    history: dict = {"config": config, "seed": seed, "losses": []}
     if valid is not None:
         history["valid"] = []
     rng_devices = [device.index or 0] if device.type == "cuda" else []

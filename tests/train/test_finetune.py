@@ -86,8 +86,8 @@ def test_non_finite_gradient_stops_before_the_optimizer_step():
 
 
 def test_diverging_training_stops_with_an_error(tmp_path, tiny_llama_dir, toy_data_dir):
-    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x", eval_rows=0, lr=1e30, warmup_steps=0,
-                         save_every=1)
+    recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "x", eval_rows=0, warmup_steps=0, save_every=1)
+    recipe.train.lr = 1e30  # past recipe validation (which refuses it): the loop must stop whatever the cause
     with pytest.raises(IloraError, match=r"^(loss|gradient norm) became (nan|inf) at step 2$") as err:
         ft.finetune(recipe, progress=False)
     assert "train.lr" in err.value.hint

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ilora_export.errors import DataError
-from ilora_export.train.sasrec import SASRecTrainConfig, hit_ratios, train_sasrec
+from ilora_export.train.recipe import SASRecConfig
+from ilora_export.train.sasrec import hit_ratios, train_sasrec
 
 NUM_ITEMS = 20
 L = 5
@@ -25,7 +26,7 @@ def synthetic_frame(rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-CFG = SASRecTrainConfig(hidden=16, num_heads=1, dropout=0.1, epochs=12, batch_size=32, lr=1e-2)
+CFG = SASRecConfig(hidden=16, num_heads=1, dropout=0.1, epochs=12, batch_size=32, lr=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_training_reduces_the_loss_and_learns_the_pattern(trained):
 
 def test_training_is_deterministic_and_leaves_the_global_rng_alone(trained):
     train, _, model, history = trained
-    short = SASRecTrainConfig(hidden=16, epochs=2, batch_size=32, lr=1e-2)
+    short = SASRecConfig(hidden=16, epochs=2, batch_size=32, lr=1e-2)
     before = torch.get_rng_state()
     a, ha = train_sasrec(train, NUM_ITEMS, short, seed=3, progress=False)
     b, hb = train_sasrec(train, NUM_ITEMS, short, seed=3, progress=False)
