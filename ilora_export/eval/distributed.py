@@ -17,18 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ilora_export.errors import IloraError
 from ilora_export.eval.shards import ShardStore
+from ilora_export.lazy import require
 
 
 def import_ray():
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise IloraError("--ray needs Ray Data, which is not installed",
-                         'pip install "ilora-export[ray]" (or: pip install "ray[data]")') from None
-    return ray
+    return require("ray", "ray.data", purpose="--ray",
+                   install='pip install "ilora-export[ray]" (or: pip install "ray[data]")')
 
 
 class ShardEvaluator:

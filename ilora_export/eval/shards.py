@@ -32,6 +32,7 @@ from ilora_export.fileio import (
     remove_empty_dirs,
     sha256_file,
 )
+from ilora_export.lazy import require
 
 RUN = "run.json"
 SHARDS = "shards"
@@ -40,12 +41,7 @@ DEFAULT_SHARD_ROWS = 64
 
 
 def _pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise IloraError("sharded evaluation output needs pyarrow", "pip install pyarrow") from None
-    return pyarrow
+    return require("pyarrow", "pyarrow.parquet", purpose="sharded evaluation output", install="pip install pyarrow")
 
 
 def plan_shards(num_rows: int, shard_rows: int) -> list[tuple[int, int]]:

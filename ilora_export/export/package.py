@@ -26,16 +26,13 @@ from ilora_export.export.manifest import (
     write_manifest,
 )
 from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
+from ilora_export.lazy import require
 
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
 
 def _require_onnx():
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise IloraError("exporting needs onnx and onnxscript", 'pip install "ilora-export[onnx]"') from None
+    require("onnx", "onnxscript", purpose="exporting")
 
 
 def check_graph(file: Path) -> None:

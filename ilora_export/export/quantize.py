@@ -22,6 +22,7 @@ from ilora_export.errors import ExportError, IloraError
 from ilora_export.export.contract import DECODER_FILE
 from ilora_export.export.manifest import MANIFEST, read_manifest, write_manifest
 from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
+from ilora_export.lazy import require
 
 BITS = (8, 4)
 # MatMulNBits compute type: 0 = as the graph (fp32), 4 = int8 activations. On x86 CPUs only 4 has fast
@@ -30,15 +31,8 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def _quantizer():
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import (
-            DefaultWeightOnlyQuantConfig,
-            MatMulNBitsQuantizer,
-        )
-    except ImportError as err:
-        raise IloraError(f"quantizing needs onnxruntime's quantization tools ({err})",
-                         'pip install "ilora-export[onnx]"') from None
-    return MatMulNBitsQuantizer, DefaultWeightOnlyQuantConfig
+    tools = require("onnxruntime.quantization.matmul_nbits_quantizer", purpose="quantizing")
+    return tools.MatMulNBitsQuantizer, tools.DefaultWeightOnlyQuantConfig
 
 
 def quantize_decoder(source: Path, target: Path, *, bits: int, block_size: int, accuracy_level: int) -> int:

@@ -15,16 +15,13 @@ import numpy as np
 
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.export.manifest import BANK, read_bank
+from ilora_export.lazy import ONNX_EXTRA, require
 from ilora_export.runtime.backend import Encoded
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise IloraError("onnxruntime is not installed",
-                         'pip install "ilora-export[onnx]" (or onnxruntime-gpu for the CUDA provider)') from None
-    return onnxruntime
+    return require("onnxruntime", purpose="running an export",
+                   install=f"{ONNX_EXTRA} (or onnxruntime-gpu for the CUDA provider)")
 
 
 def session_options(threads: int | None = None):
