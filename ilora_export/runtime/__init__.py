@@ -1,6 +1,6 @@
 """Backend-neutral greedy generation: one generator over a small backend interface.
 
-:class:`Backend` is what a runtime implements (torch, onnxruntime; TensorRT later): run the encoder,
+:class:`Backend` is what a runtime implements (torch, onnxruntime, TensorRT): run the encoder,
 look up token embeddings, run one decoder step with an opaque KV-cache state. :func:`greedy_generate`
 does everything else (prompt assembly, left padding, cache growth, stop conditions) the same way for
 all of them, so two backends that agree on those three calls give the same answers.

@@ -1,7 +1,9 @@
 """The onnxruntime backend over an export directory.
 
-The expert bank is turned into OrtValues once and bound to every decoder call; the KV cache stays in
-OrtValues from one step to the next (IO binding), so neither is copied per token. CPU EP by default,
+By default the expert bank is folded into the decoder session when it is created and each group of
+adapters fused into its base projections (``bank_mode``, below); with ``bank_mode="input"`` it is
+turned into OrtValues once and bound to every decoder call instead. The KV cache stays in OrtValues
+from one step to the next (IO binding), so it is not copied per token. CPU EP by default,
 CUDA EP with ``device="cuda"`` when the installed onnxruntime has it (outputs then stay on the GPU and
 only the logits come back to the host).
 """
