@@ -81,6 +81,7 @@ def quality_gate(reference, candidate, data_dir, *, split: str = "test", seed: i
 
     from ilora_export.data.evalset import load_or_build_eval_set
     from ilora_export.data.llara import load_dataset
+    from ilora_export.eval.compare import compare_answers
     from ilora_export.eval.reference import evaluate_backend
     from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
@@ -96,14 +97,8 @@ def quality_gate(reference, candidate, data_dir, *, split: str = "test", seed: i
         evalset.rows = evalset.rows[:limit]
     a = evaluate_backend(ref, exports[0].assets, evalset, batch_size=batch_size, progress=progress)
     b = evaluate_backend(cand, exports[1].assets, evalset, batch_size=batch_size, progress=progress)
-    rows = len(a.records)
-    agree = sum(x["answer"] == y["answer"] for x, y in zip(a.records, b.records))
-    keys = ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total")
-    return {"split": split, "rows": rows, "agree": agree, "agreement": agree / rows if rows else 1.0,
-            "fp32": {k: a.summary[k] for k in keys}, "quantized": {k: b.summary[k] for k in keys},
-            "hit_ratio@1_delta": b.summary["hit_ratio@1_of_total"] - a.summary["hit_ratio@1_of_total"],
-            "valid_ratio_delta": b.summary["valid_ratio"] - a.summary["valid_ratio"],
-            "logits": {k: v for k, v in logits.items() if k.endswith("_max_abs") or k == "greedy_token_agreement"}}
+    return {"split": split} | compare_answers(a, b, ("fp32", "quantized")) | {
+        "logits": {k: v for k, v in logits.items() if k.endswith("_max_abs") or k == "greedy_token_agreement"}}
 
 
 def quantize_export(source, output, *, bits: int = 8, block_size: int = 32, accuracy_level: int = 4,

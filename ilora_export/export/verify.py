@@ -38,6 +38,7 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     ValidationError (after writing the report) when an fp32 export disagrees on any answer. A quantized
     export is compared the same way, but differences are reported, not failed."""
     from ilora_export.checkpoint import load_checkpoint
+    from ilora_export.eval.compare import compare_answers
     from ilora_export.eval.reference import evaluate_backend
     from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
@@ -80,19 +81,10 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     if evalset is not None:
         ref = evaluate_backend(torch_backend, loaded.assets(), evalset, batch_size=batch_size, progress=progress)
         got = evaluate_backend(ort_backend, export.assets, evalset, batch_size=batch_size, progress=progress)
-        differ = [{"row_id": a["row_id"], "torch": a["answer"], "ort": b["answer"]}
-                  for a, b in zip(ref.records, got.records) if a["answer"] != b["answer"]]
-        rows = len(ref.records)
-        report["answers"] = {
-            "split": split, "rows": rows, "agree": rows - len(differ),
-            "agreement": (rows - len(differ)) / rows if rows else 1.0, "differ": differ,
-            "torch": {k: ref.summary[k] for k in ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total")},
-            "ort": {k: got.summary[k] for k in ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total")},
-        }
-        report["answers"]["hit_ratio@1_delta"] = (got.summary["hit_ratio@1_of_total"]
-                                                  - ref.summary["hit_ratio@1_of_total"])
-        if differ and strict:
-            problems.append(f"{len(differ)} of {rows} answers differ between torch and ort")
+        report["answers"] = {"split": split} | compare_answers(ref, got, ("torch", "ort"))
+        if report["answers"]["differ"] and strict:
+            problems.append(f"{len(report['answers']['differ'])} of {report['answers']['rows']} answers differ "
+                            "between torch and ort")
     report["ok"] = not problems
     report["problems"] = problems
     if output is not None:
