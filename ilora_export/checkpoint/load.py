@@ -38,8 +38,10 @@ class LoadedCheckpoint:
     base_model_dir: Path
     fingerprint_ok: bool = True  # False: same shapes, but the base folder's files differ from training
 
+    @property
     def assets(self):
-        """Tokenizer, catalogue, templates, token and EOS ids: what the shared generator needs."""
+        """Tokenizer, catalogue, templates, token and EOS ids: what the shared generator needs (as
+        ``LoadedExport.assets``)."""
         from ilora_export.model.generate import eos_token_ids
         from ilora_export.runtime.generator import PromptAssets
 

@@ -98,7 +98,7 @@ def evaluate_model(loaded, evalset: EvalSet, *, device: str = "cpu", **kwargs) -
     from ilora_export.runtime.torch_backend import TorchBackend
 
     kwargs.setdefault("templates", loaded.templates)
-    return evaluate_backend(TorchBackend(loaded.model, device), loaded.assets(), evalset, **kwargs)
+    return evaluate_backend(TorchBackend(loaded.model, device), loaded.assets, evalset, **kwargs)
 
 
 def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) -> Path:
@@ -186,7 +186,7 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
         if threads:
             torch.set_num_threads(threads)
         loaded = load_checkpoint(target, base_model=base_model, device=device)
-        return TorchBackend(loaded.model, device), loaded.assets()
+        return TorchBackend(loaded.model, device), loaded.assets
     from ilora_export.export.load import load_export
 
     if backend == "ort":

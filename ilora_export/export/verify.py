@@ -79,7 +79,7 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
               "bake_experts": info.bake_experts, "quantization": info.quantization, "logits": logits}
 
     if evalset is not None:
-        ref = evaluate_backend(torch_backend, loaded.assets(), evalset, batch_size=batch_size, progress=progress)
+        ref = evaluate_backend(torch_backend, loaded.assets, evalset, batch_size=batch_size, progress=progress)
         got = evaluate_backend(ort_backend, export.assets, evalset, batch_size=batch_size, progress=progress)
         report["answers"] = {"split": split} | compare_answers(ref, got, ("torch", "ort"))
         if report["answers"]["differ"] and strict:

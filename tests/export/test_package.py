@@ -44,7 +44,7 @@ def _torch(ckpt):
     from ilora_export.runtime.torch_backend import TorchBackend
 
     loaded = load_checkpoint(ckpt)
-    return TorchBackend(loaded.model), loaded.assets()
+    return TorchBackend(loaded.model), loaded.assets
 
 
 def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):

@@ -25,7 +25,7 @@ def backends(tiny_export):
 
     ckpt, export_dir = tiny_export
     loaded = load_checkpoint(ckpt)
-    out = {"torch": (TorchBackend(loaded.model), loaded.assets())}
+    out = {"torch": (TorchBackend(loaded.model), loaded.assets)}
     export = load_export(export_dir)
     for mode in ORT_MODES:
         out[f"ort-{mode}"] = (OrtBackend(export, bank_mode=mode, threads=1), export.assets)
