@@ -1,7 +1,9 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set, read_eval_set
@@ -22,9 +24,26 @@ def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path
     # the summary is recomputable from the per-sample file with the official judgement
     valid = sum(judge(r["answer"], r["target"], json.loads(r["candidates"])).valid for r in rows)
     assert valid == summary["valid"]
-    assert 0.0 <= summary["sasrec_hit_ratio@1"] <= 1.0
     evalset = read_eval_set(out / "evalset.jsonl")
     assert [r.row_id for r in evalset.rows] == [int(r["row_id"]) for r in rows]
+    hits = _sasrec_hits(tiny_run.checkpoint, evalset.rows)
+    assert summary["sasrec_hit_ratio@1"] == hits / 12
+
+
+def _sasrec_hits(checkpoint, rows) -> int:
+    """How many rows' target is SASRec's best-scored candidate, from the checkpoint's SASRec weights alone
+    (its logits over the whole catalogue, then the candidates' columns)."""
+    from ilora_export.checkpoint.format import SASREC, read_checkpoint, read_tensors
+    from ilora_export.model.sasrec import SASRec
+
+    sasrec = SASRec(**read_checkpoint(checkpoint).config["sasrec"])
+    sasrec.load_state_dict(read_tensors(Path(checkpoint) / SASREC))
+    seq = torch.tensor([r.seq for r in rows])  # [B, L]
+    candidates = torch.tensor([r.candidates for r in rows])  # [B, N]
+    with torch.no_grad():
+        logits = sasrec.eval()(seq, torch.tensor([r.len_seq for r in rows]))  # [B, items]
+    picks = candidates.gather(1, logits.gather(1, candidates).argmax(-1, keepdim=True))[:, 0]  # [B]
+    return sum(int(p) == r.target for p, r in zip(picks, rows))
 
 
 def test_batch_size_does_not_change_answers(tiny_run, tiny_llama_dir, toy_data_dir):
