@@ -14,7 +14,7 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     assert list(report["rows"]) == list(ROWS)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"].keys() == report["rows"].keys()
-    for row, r in report["rows"].items():
+    for r in report["rows"].values():
         assert set(r["prefill_ms"]) == {"16", "32"} and r["decode_ms_per_token"]["n"] == 2
         assert r["peak_rss_mb"] > 0 and r["eval"]["2"]["rows"] == 4
     ratios = report["ratios"]
@@ -23,8 +23,14 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
         assert ratios[row]["answers_identical_to_torch_b1"] == ratios[row]["answers_identical_to_torch_b2"] == 4
     assert "decode_cost_vs_plain" in ratios["ort"]
     # quantized rows are measured and their agreement counted, but not charged to the adapter
-    for row in ("ort-int8", "ort-int4"):
-        assert 0 <= ratios[row]["answers_identical_to_torch_b1"] <= 4 and "decode_cost_vs_plain" not in ratios[row]
+    reference = report["rows"]["torch"]["eval"]
+    for kind in ("int8", "int4"):
+        row, evals = f"ort-{kind}", report["rows"][f"ort-{kind}"]["eval"]
+        assert evals["1"]["answers"] == _answers(tmp_path / "exports" / kind, toy_data_dir, limit=4)  # as here
+        for b in ("1", "2"):
+            same = sum(x == y for x, y in zip(evals[b]["answers"], reference[b]["answers"], strict=True))
+            assert ratios[row][f"answers_identical_to_torch_b{b}"] == same
+        assert "decode_cost_vs_plain" not in ratios[row]
     assert json.loads((tmp_path / "exports" / "int8" / "manifest.json").read_text())["quantization"]["bits"] == 8
     # the expert bank's cost, timed in alternation with the plain model in one process
     cost = report["adapter_cost"]
@@ -35,6 +41,19 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     assert "Cost of the expert bank" in md
     assert "ORT, bank folded and fused at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
+
+
+def _answers(export_dir, data_dir, *, limit: int) -> list[str]:
+    """The greedy answers of an export on the first ``limit`` test rows one at a time, evaluated here (one
+    thread, as the benchmark's workers)."""
+    from ilora_export.data.evalset import build_eval_set
+    from ilora_export.data.llara import load_dataset
+    from ilora_export.eval.reference import evaluate_backend, open_backend
+
+    evalset = build_eval_set(load_dataset(data_dir), "test", seed=0)
+    evalset.rows = evalset.rows[:limit]
+    backend, assets = open_backend(export_dir, "ort", threads=1)
+    return [r["answer"] for r in evaluate_backend(backend, assets, evalset, batch_size=1, progress=False).records]
 
 
 def test_floor_arithmetic():
