@@ -125,7 +125,7 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         backend, target = targets[row]
         log(f"[{row}] {LABELS[row]}")
         results[row] = _run_worker(base | {"backend": backend, "target": str(target),
-                                           "bank_mode": bank_modes.get(row, "session")}, threads, row)
+                                           "bank_mode": bank_modes.get(row, "fused")}, threads, row)
         log(f"  decode {results[row]['decode_ms_per_token']['median']:.1f} ms/token, eval "
             + ", ".join(f"batch {b}: {results[row]['eval'][str(b)]['rows_per_s']:.2f} rows/s" for b in batch_sizes))
     adapter_cost = None

@@ -73,7 +73,7 @@ def measure(spec: dict) -> dict:
         return measure_pair(spec)
     t0 = time.perf_counter()
     backend, assets = open_backend(spec["target"], spec["backend"], threads=threads,
-                                   bank_mode=spec.get("bank_mode", "session"))
+                                   bank_mode=spec.get("bank_mode", "fused"))
     load_s = time.perf_counter() - t0
     timer = _Timer(backend, assets, spec["num_experts"])
     # the bandwidth right before this row's timings: the host's share varies over a long run

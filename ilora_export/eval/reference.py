@@ -173,7 +173,7 @@ def model_facts(target, backend: str = "torch") -> tuple[Catalogue, int]:
 
 
 def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
-                 threads: int | None = None, bank=None, bank_mode: str = "session"):
+                 threads: int | None = None, bank=None, bank_mode: str = "fused"):
     """(backend, assets) for a checkpoint (torch), an export directory (ort) or an engines folder (trt)."""
     _check_target_kind(target, backend)
     if backend == "torch":

@@ -99,7 +99,7 @@ def open_session(file: Path, contract, *, threads: int | None = None, device: st
 class OrtBackend:
     """Encoder and decoder sessions of a loaded export; ``bank`` swaps in another expert bank file.
 
-    ``bank_mode``: "session" (default) folds the bank into the decoder session when it is created and
+    ``bank_mode``: "fused" (default) folds the bank into the decoder session when it is created and
     fuses each group of adapters into its base projections (``runtime.fuse``: one small MatMul, Mul and
     Concat per group instead of two MatMuls, two Muls and an Add per projection), while the bank still
     comes from ``bank.safetensors`` (or ``bank``); "folded" folds it without any load-time fusion
@@ -108,12 +108,12 @@ class OrtBackend:
     mode but "folded" also fuses RMSNorm into one node.
     """
 
-    BANK_MODES = ("session", "folded", "input")
+    BANK_MODES = ("fused", "folded", "input")
 
     name = "ort"
 
     def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None,
-                 bank_mode: str = "session"):
+                 bank_mode: str = "fused"):
         ort = import_onnxruntime()
         info = export.info
         self.info = info

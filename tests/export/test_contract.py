@@ -134,7 +134,7 @@ def test_a_folded_session_exposes_the_baked_contract(tiny_export, export_info):
     from ilora_export.runtime.ort_backend import OrtBackend
 
     baked = decoder_contract(export_info.shape, export_info.dtype, bake_experts=True)
-    for mode in ("session", "folded"):
+    for mode in ("fused", "folded"):
         session = OrtBackend(load_export(tiny_export[1]), bank_mode=mode, threads=1).decoder
         assert [a.name for a in session.get_inputs()] == baked.input_names
         baked.check_session(session)

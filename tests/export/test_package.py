@@ -69,8 +69,8 @@ def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):
     assert "bank.safetensors" not in baked["files"]
 
 
-@pytest.mark.parametrize("kind, bank_mode", [("bank", "session"), ("bank", "folded"), ("bank", "input"),
-                                             ("baked", "session")])
+@pytest.mark.parametrize("kind, bank_mode", [("bank", "fused"), ("bank", "folded"), ("bank", "input"),
+                                             ("baked", "fused")])
 def test_ort_answers_equal_torch_answers(exports, ckpt, toy_data_dir, kind, bank_mode):
     evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
     ref = evaluate_backend(*_torch(ckpt), evalset, batch_size=4, progress=False)

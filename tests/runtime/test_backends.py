@@ -14,7 +14,7 @@ from ilora_export.runtime.torch_backend import TorchBackend
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 
-ORT_MODES = ("session", "folded", "input")
+ORT_MODES = ("fused", "folded", "input")
 ROWS = 4
 
 
@@ -66,7 +66,7 @@ def test_encoder_outputs_agree(backends, batches, info):
     assert ref.gate_weights.shape == (ROWS, shape.num_experts)
     assert ref.item_embeds.shape == (ROWS, items.shape[1], shape.hidden_size)
     assert np.allclose(ref.gate_weights.sum(-1), 1.0, atol=1e-5)  # a dense gate: a mixture of the experts
-    for name in ("ort-session", "ort-folded", "ort-input"):
+    for name in ("ort-fused", "ort-folded", "ort-input"):
         got = backends[name][0].encode(seq, len_seq, items)
         for field in ("gate_weights", "item_embeds", "item_scores"):
             diff = np.abs(getattr(got, field) - getattr(ref, field)).max()
@@ -76,7 +76,7 @@ def test_encoder_outputs_agree(backends, batches, info):
 def test_token_embeddings_are_the_checkpoint_rows(backends, batches):
     ids = batches["torch"].input_ids.numpy()
     ref = backends["torch"][0].embed(ids)  # [B, S, H]
-    for name in ("ort-session", "ort-folded", "ort-input"):
+    for name in ("ort-fused", "ort-folded", "ort-input"):
         assert np.array_equal(backends[name][0].embed(ids), ref), name
 
 
@@ -97,7 +97,7 @@ def test_prefill_and_decode_logits_agree(backends, batches, info):
             mask = np.concatenate([mask, np.ones((ROWS, 1), np.int64)], axis=1)
             positions = positions[:, -1:] + 1
         logits[name] = steps
-    for name in ("ort-session", "ort-folded", "ort-input"):
+    for name in ("ort-fused", "ort-folded", "ort-input"):
         for k, (got, ref) in enumerate(zip(logits[name], logits["torch"])):
             assert got.shape == ref.shape == (ROWS, info.shape.vocab_size)
             diff = np.abs(got - ref).max()

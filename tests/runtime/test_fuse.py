@@ -70,7 +70,7 @@ def test_fused_sessions_match_the_unfused_graph(tiny_export):
         return steps
 
     plain = run("folded")  # no load-time fusion at all
-    for mode in ("session", "input"):
+    for mode in ("fused", "input"):
         for a, b in zip(run(mode), plain):
             assert np.abs(a - b).max() <= 1e-4
             assert (a.argmax(-1) == b.argmax(-1)).all()
