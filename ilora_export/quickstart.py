@@ -80,6 +80,7 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
 
 
 def format_table(summary: dict) -> str:
+    """The summary as the table `ilora-export quickstart` prints: identical answers, metrics per backend, stages."""
     head = (f"{summary['split']} rows: {summary['rows']}; answers identical torch vs ort: "
             f"{summary['identical_rows']}/{summary['rows']}")
     rows = [head, "",

@@ -69,8 +69,9 @@ class GraphContract:
             if [a.name for a in actual] != [t.name for t in declared]:
                 missing = [t.name for t in declared if t.name not in found]
                 extra = [n for n in found if n not in {t.name for t in declared}]
-                raise ExportError(f"{self.file}: graph {kind}s differ from the manifest's contract "
-                                  f"(missing {missing[:3]}, unexpected {extra[:3]})",
+                what = (f"missing {missing[:3]}, unexpected {extra[:3]}" if missing or extra else
+                        f"the same names in another order: {[a.name for a in actual][:4]}...")
+                raise ExportError(f"{self.file}: graph {kind}s differ from the manifest's contract ({what})",
                                   "the graph and manifest.json come from different exports; export again")
             for t in declared:
                 a = found[t.name]
@@ -98,7 +99,7 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     num_experts: int
-    bank_shapes: dict  # "lora_A.q_proj" -> [L, r, in] / "lora_B.q_proj" -> [L, out, r]
+    bank_shapes: dict  # "lora_A.q_proj" -> [L, in, r] / "lora_B.q_proj" -> [L, r, out] (stored transposed)
 
     def to_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}

@@ -164,6 +164,9 @@ def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, ses
     with pytest.raises(ExportError, match=r"input position_ids has shape \['batch', 'sequence'\], "
                                           r"the contract says \['batch', 'sequence', 1\]"):
         _with_input(decoder, "position_ids", axes=("batch", "sequence", 1)).check_session(session)
+    reordered = replace(decoder, inputs=tuple(reversed(decoder.inputs)))
+    with pytest.raises(ExportError, match=r"graph inputs differ .*\(the same names in another order: "):
+        reordered.check_session(session)
     # a dynamic axis the graph happens to fix is not a mismatch (the encoder's history is fixed there)
     encoder = export_info.encoder
     assert encoder.input("seq").axes == ("batch", "history")
