@@ -23,7 +23,7 @@ from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.eval.reference import evaluate_backend
-from ilora_export.export.load import load_export
+from ilora_export.runtime.load import checkpoint_assets, load_export
 from ilora_export.runtime.ort_backend import OrtBackend
 from ilora_export.runtime.torch_backend import TorchBackend
 
@@ -47,7 +47,7 @@ def main(argv=None):
         evalset.rows = evalset.rows[:args.limit]
     loaded = load_checkpoint(args.checkpoint)
     export = load_export(args.export)
-    runners = {"torch eager": (TorchBackend(loaded.model), loaded.assets),
+    runners = {"torch eager": (TorchBackend(loaded.model), checkpoint_assets(loaded)),
                f"onnxruntime ({export.info.dtype})": (OrtBackend(export, threads=args.threads), export.assets)}
     walls = {name: [] for name in runners}
     answers = {}

@@ -251,10 +251,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _list_entries(path: Path, limit: int = 3) -> str:
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    except OSError:
+        names = []
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"a folder of other files: {', '.join(names[:limit])}{more}"
+
+
 def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str, *,
                       into: bool = False) -> None:
     """Raise :class:`OutputError` unless ``final`` is absent, an empty folder, or a folder ``replaceable``
-    accepts (a previous output of the same command; None accepts none). ``into`` words the refusal for a
+    accepts (a previous output of the same command; None accepts none). The refusal describes the folder
+    with ``replaceable.describe(path)`` where the predicate has one (:func:`ilora_export.artifacts.kinds.of_kind`
+    tells the folder's kind), else by its first entries. ``into`` words the refusal for a
     command that writes files into the folder rather than replacing it."""
     final = Path(final)
     if not (final.exists() or final.is_symlink()):
@@ -263,10 +274,9 @@ def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bo
         raise OutputError(f"cannot write {what} to {final}: it is a file", "pick another output folder")
     if not any(True for _ in final.iterdir()) or (replaceable is not None and replaceable(final)):
         return
-    from ilora_export.artifacts.kinds import describe_folder
-
+    describe = getattr(replaceable, "describe", None) or _list_entries
     raise OutputError(
-        f"{final} is not {what} ({describe_folder(final)}); refusing to {'write into' if into else 'replace'} it",
+        f"{final} is not {what} ({describe(final)}); refusing to {'write into' if into else 'replace'} it",
         f"pick a new or empty output folder; an existing folder is {'written into' if into else 'replaced'} "
         f"only when it holds {what} written before",
     )

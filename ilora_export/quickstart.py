@@ -18,10 +18,10 @@ from ilora_export.fileio import atomic_path, sha256_file
 def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = None, demo_data: bool = True,
                    log: Callable[[str], None] = print) -> dict:
     """Run the pipeline for a loaded Recipe; returns the summary (also written to OUTPUT_DIR/quickstart.json)."""
+    from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.errors import IloraError
     from ilora_export.eval.reference import run_eval
-    from ilora_export.export.manifest import read_manifest
     from ilora_export.export.package import export_checkpoint
     from ilora_export.train.finetune import finetune
 

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from ilora_export.artifacts.engines import ENGINES_INDEX
+
 CHECKPOINT_FORMAT = "ilora-export/checkpoint"
 EXPORT_FORMAT = "ilora-export/onnx"
 
@@ -24,6 +26,8 @@ TRAIN_STATE = "trainer state"
 
 #: kind -> the index file that lists (under ``"files"``) every other file the tool wrote there
 _INDEXES = {CHECKPOINT: "config.json", EXPORT: "manifest.json", TRAIN_STATE: "state.json"}
+#: model kinds -> the index file whose hash covers everything the folder's answers depend on
+MODEL_INDEXES = {CHECKPOINT: "config.json", EXPORT: "manifest.json", ENGINES: ENGINES_INDEX}
 
 _DESCRIPTIONS = {
     CHECKPOINT: "a checkpoint (written by finetune or import-official)",
@@ -56,7 +60,7 @@ def folder_kind(path: str | os.PathLike) -> str | None:
         return EXPORT
     if (_json_object(path / "config.json") or {}).get("format") == CHECKPOINT_FORMAT:
         return CHECKPOINT
-    engines = _json_object(path / "engines.json")
+    engines = _json_object(path / ENGINES_INDEX)
     if engines is not None and "export" in engines:
         return ENGINES
     state = _json_object(path / "state.json")
@@ -112,9 +116,11 @@ def describe_folder(path: str | os.PathLike, limit: int = 3) -> str:
 
 def of_kind(kind: str):
     """A predicate for :func:`ilora_export.fileio.atomic_dir`'s ``replaceable``: a ``kind`` folder that
-    holds only the files the tool wrote there (a user's file inside it keeps it from being replaced)."""
+    holds only the files the tool wrote there (a user's file inside it keeps it from being replaced); its
+    ``describe`` words what the folder is instead."""
 
     def check(path: Path) -> bool:
         return holds_only_its_own_files(path, kind)
 
+    check.describe = describe_folder  # what a refusal says the folder is
     return check

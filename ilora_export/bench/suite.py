@@ -36,7 +36,7 @@ QUANTIZED = {"int8": 8, "int4": 4}  # variant kind -> weight bits
 
 def _variant(export_info, kind: str, cache: Path, log) -> Path:
     """The baked or plain export of the same checkpoint, built once and reused while the source matches."""
-    from ilora_export.export.manifest import read_manifest
+    from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.export.package import export_checkpoint
 
     src = export_info.manifest["source"]
@@ -60,8 +60,8 @@ def _variant(export_info, kind: str, cache: Path, log) -> Path:
 
 def _quantized_variant(export_info, bits: int, out: Path, log) -> Path:
     """The export quantized to ``bits`` (no quality gate: the suite reports answers vs the reference)."""
-    from ilora_export.export.manifest import read_manifest
-    from ilora_export.export.quantize import quantize_export
+    from ilora_export.artifacts.manifest import read_manifest
+    from ilora_export.eval.quantize import quantize_export
 
     source_sha = sha256_file(export_info.path / "manifest.json")
     defaults = inspect.signature(quantize_export).parameters
@@ -97,8 +97,8 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
               decode_past: int = 280, decode_steps: int = 32, batch_sizes=(1, 8), output="benchmarks/results",
               log: Callable[[str], None] = print) -> dict:
     """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
+    from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.bench.floor import decoder_floor, measure_gemm_gflops
-    from ilora_export.export.manifest import read_manifest
 
     info = read_manifest(export_dir)
     threads = threads or os.cpu_count() or 1

@@ -65,7 +65,8 @@ def measure(spec: dict) -> dict:
     from ilora_export.bench.floor import measure_bandwidth_gbs
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend, open_backend
+    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.runtime.load import open_backend
 
     threads = spec["threads"]
     torch.set_num_threads(threads)
@@ -105,7 +106,7 @@ def measure(spec: dict) -> dict:
 def measure_pair(spec: dict) -> dict:
     """Two ORT exports in one process, timed in alternation (A B A B ...): a ratio free of the slow
     drifts of a shared host. Used for the expert bank's cost against the plain model."""
-    from ilora_export.eval.reference import open_backend
+    from ilora_export.runtime.load import open_backend
 
     timers = []
     for target in spec["targets"]:

@@ -38,17 +38,6 @@ class LoadedCheckpoint:
     base_model_dir: Path
     fingerprint_ok: bool = True  # False: same shapes, but the base folder's files differ from training
 
-    @property
-    def assets(self):
-        """Tokenizer, catalogue, templates, token and EOS ids: what the shared generator needs (as
-        ``LoadedExport.assets``)."""
-        from ilora_export.model.generate import eos_token_ids
-        from ilora_export.runtime.generator import PromptAssets
-
-        tok = self.model.tokenizer
-        return PromptAssets(tok, self.catalogue, self.templates, dict(self.model.token_ids),
-                            eos_token_ids(tok, self.model.llm.generation_config))
-
 
 def _resolve_base(info: CheckpointInfo, base_model: str | None) -> Path:
     from ilora_export.base.fetch import resolve_base_model

@@ -36,7 +36,7 @@ def import_official(ckpt, rec_model, base_model, data_dir, prompt_file, num_expe
           --base-model ~/models/Llama-2-7b-hf --data data/lastfm --prompt-file prompt/artist.txt -o ckpt/
       ilora-export onnx ckpt/ -o onnx/
     """
-    from ilora_export.checkpoint.official_import import import_official as run
+    from ilora_export.official.importer import import_official as run
 
     run(ckpt, rec_model, base_model, output, data_dir=data_dir, prompt_file=prompt_file, num_experts=num_experts,
         lora_alpha=lora_alpha, recalibrate_router_data=recalibrate, log=click.echo)

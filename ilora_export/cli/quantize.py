@@ -48,7 +48,7 @@ def quantize(export_dir, output, bits, block_size, accuracy_level, data_dir, spl
       ilora-export quantize runs/lastfm-smollm2/onnx -o runs/lastfm-smollm2/onnx-int8 --data DIR
       ilora-export eval runs/lastfm-smollm2/onnx-int8 --backend ort --data DIR
     """
-    from ilora_export.export.quantize import quantize_export
+    from ilora_export.eval.quantize import quantize_export
 
     quantize_export(export_dir, output, bits=int(bits), block_size=block_size, accuracy_level=accuracy_level,
                     data_dir=data_dir, split=split, seed=seed, limit=limit, min_agreement=min_agreement,

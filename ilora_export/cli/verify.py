@@ -51,7 +51,7 @@ def verify(checkpoint, export_dir, data_dir, split, seed, eval_set, limit, batch
     every answer of an evaluation set. Exits non-zero when an fp32 export differs on any answer.
     """
     from ilora_export.errors import ValidationError
-    from ilora_export.export.verify import verify_export
+    from ilora_export.eval.verify import verify_export
 
     try:
         report = verify_export(checkpoint, export_dir, data_dir=data_dir, split=split, seed=seed,

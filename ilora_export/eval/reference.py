@@ -16,12 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ilora_export.data.evalset import EvalSet
-from ilora_export.data.llara import Catalogue
 from ilora_export.errors import IloraError
 from ilora_export.eval.metrics import Judgement, judge, summarize
 from ilora_export.fileio import atomic_path, sha256_file
 from ilora_export.model.generate import MAX_NEW_TOKENS
 from ilora_export.runtime.generator import greedy_generate
+from ilora_export.runtime.load import model_facts, open_backend
 
 PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.json"
@@ -95,10 +95,11 @@ def summarize_records(records: list[dict], evalset: EvalSet) -> dict:
 
 def evaluate_model(loaded, evalset: EvalSet, *, device: str = "cpu", **kwargs) -> EvalOutput:
     """The PyTorch reference evaluation of a LoadedCheckpoint (keyword arguments as evaluate_backend)."""
+    from ilora_export.runtime.load import checkpoint_assets
     from ilora_export.runtime.torch_backend import TorchBackend
 
     kwargs.setdefault("templates", loaded.templates)
-    return evaluate_backend(TorchBackend(loaded.model, device), loaded.assets, evalset, **kwargs)
+    return evaluate_backend(TorchBackend(loaded.model, device), checkpoint_assets(loaded), evalset, **kwargs)
 
 
 def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) -> Path:
@@ -113,91 +114,6 @@ def write_eval_output(out: EvalOutput, output_dir, extra: dict | None = None) ->
     with atomic_path(output_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(out.summary | (extra or {}), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return output_dir
-
-
-BACKENDS = ("torch", "ort", "trt")
-
-
-def _check_target_kind(target, backend: str) -> None:
-    """IloraError when ``target`` is not the kind of folder ``backend`` runs."""
-    from ilora_export.artifacts.kinds import CHECKPOINT, EXPORT, folder_kind
-
-    kind = folder_kind(target)
-    if backend == "torch" and kind == EXPORT:
-        raise IloraError(f"{target} is an export directory; the torch backend evaluates checkpoints",
-                         "use --backend ort for an export, or pass the checkpoint folder")
-    if backend == "ort" and kind == CHECKPOINT:
-        raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
-                         f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
-    if backend not in BACKENDS:
-        raise IloraError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
-
-
-def _engines_export(target) -> Path:
-    """The export folder an engines folder (``ilora-export trt``) was built from."""
-    from ilora_export.trt.build import ENGINES_INDEX
-
-    index_file = Path(target) / ENGINES_INDEX
-    if not index_file.is_file():
-        raise IloraError(f"{target}: no {ENGINES_INDEX}; not an engines folder",
-                         "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
-    try:
-        export = json.loads(index_file.read_text(encoding="utf-8"))["export"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise IloraError(f"{index_file}: unreadable or without the export it was built from",
-                         "build the engines again: ilora-export trt EXPORT_DIR") from None
-    return Path(export)
-
-
-def model_facts(target, backend: str = "torch") -> tuple[Catalogue, int]:
-    """The model's catalogue and history length (SASRec state size), from the verified index of
-    ``target`` (checkpoint, export or engines folder) without loading any weights: what a dataset
-    must match before evaluation starts."""
-    from ilora_export.checkpoint.format import read_catalogue
-
-    _check_target_kind(target, backend)
-    if backend == "torch":
-        from ilora_export.checkpoint.format import CATALOGUE, read_checkpoint
-
-        ckpt = read_checkpoint(target)
-        return read_catalogue(ckpt.path / CATALOGUE), ckpt.config["sasrec"]["state_size"]
-    from ilora_export.export.manifest import (
-        CATALOGUE,
-        read_manifest,
-        verify_export_files,
-    )
-
-    info = read_manifest(target if backend == "ort" else _engines_export(target), verify_files=False)
-    verify_export_files(info, [CATALOGUE])  # the rest is verified when the backend opens the export
-    return read_catalogue(info.path / CATALOGUE), info.manifest["model"]["state_size"]
-
-
-def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
-                 threads: int | None = None, bank=None, bank_mode: str = "fused"):
-    """(backend, assets) for a checkpoint (torch), an export directory (ort) or an engines folder (trt)."""
-    _check_target_kind(target, backend)
-    if backend == "torch":
-        from ilora_export.checkpoint import load_checkpoint
-        from ilora_export.runtime.torch_backend import TorchBackend
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise IloraError("--device cuda: PyTorch sees no CUDA device",
-                             "install a CUDA build of PyTorch, or use --device cpu")
-        if threads:
-            torch.set_num_threads(threads)
-        loaded = load_checkpoint(target, base_model=base_model, device=device)
-        return TorchBackend(loaded.model, device), loaded.assets
-    from ilora_export.export.load import load_export
-
-    if backend == "ort":
-        from ilora_export.runtime.ort_backend import OrtBackend
-
-        export = load_export(target)
-        return OrtBackend(export, device=device, threads=threads, bank=bank, bank_mode=bank_mode), export.assets
-    from ilora_export.runtime.trt_backend import TrtBackend
-
-    export = load_export(_engines_export(target))
-    return TrtBackend(target, export), export.assets
 
 
 def run_eval(target, data_dir, split: str = "test", *, backend: str = "torch", device: str = "cpu",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilora_export.artifacts.kinds import EVALUATION, of_kind
+from ilora_export.artifacts.kinds import EVALUATION, MODEL_INDEXES, folder_kind, of_kind
 from ilora_export.errors import IloraError
 from ilora_export.fileio import (
     atomic_path,
@@ -54,13 +54,11 @@ def plan_shards(num_rows: int, shard_rows: int) -> list[tuple[int, int]]:
 def target_identity(target, bank=None) -> dict:
     """What answers depend on in a model folder: the sha256 of its index file (which hashes the rest)."""
     target = Path(target)
-    for index in ("manifest.json", "config.json", "engines.json"):
-        if (target / index).is_file():
-            ident = {"target": str(target.resolve()), "index": index, "sha256": sha256_file(target / index)}
-            break
-    else:
+    index = MODEL_INDEXES.get(folder_kind(target))
+    if index is None:
         raise IloraError(f"{target}: neither a checkpoint, an export nor an engines folder",
                          "pass the folder written by finetune, onnx or trt")
+    ident = {"target": str(target.resolve()), "index": index, "sha256": sha256_file(target / index)}
     if bank is not None:
         ident["bank_sha256"] = sha256_file(bank)
     return ident

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ilora_export.export.attention import traced_attention
-from ilora_export.export.contract import (
+from ilora_export.artifacts.contract import (
     GraphContract,
     ModelShape,
     decoder_contract,
     past_names,
 )
+from ilora_export.export.attention import traced_attention
 from ilora_export.export.quiet import quiet_exporter
 from ilora_export.model.moe_lora import BankLayout, adapters_disabled
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ilora_export.export.contract import GraphContract, encoder_contract
+from ilora_export.artifacts.contract import GraphContract, encoder_contract
 from ilora_export.export.quiet import quiet_exporter
 
 

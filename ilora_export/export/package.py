@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
+from ilora_export.artifacts.contract import DECODER_FILE, ENCODER_FILE, encoder_contract
 from ilora_export.artifacts.kinds import EXPORT, of_kind
-from ilora_export.errors import ExportError, IloraError
-from ilora_export.export.contract import DECODER_FILE, ENCODER_FILE, encoder_contract
-from ilora_export.export.manifest import (
+from ilora_export.artifacts.manifest import (
     BANK,
     CATALOGUE,
     EMBEDDINGS,
@@ -25,6 +24,7 @@ from ilora_export.export.manifest import (
     bank_metadata,
     write_manifest,
 )
+from ilora_export.errors import ExportError, IloraError
 from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
 from ilora_export.lazy import require
 
@@ -169,8 +169,8 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
 
 def validate_export(export_dir, model, *, threads: int | None = None) -> dict:
     """Compare the export's ORT graphs with ``model`` (fp32 PyTorch); ValidationError beyond tolerance."""
-    from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
+    from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
     from ilora_export.runtime.torch_backend import TorchBackend
 

@@ -7,8 +7,6 @@ no ``.item()``) so that it traces and exports to ONNX.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -129,9 +127,3 @@ class SASRec(nn.Module):
         weight = self.s_fc.weight[candidates]  # [B, N, H]
         return (weight @ user.unsqueeze(-1)).squeeze(-1) + self.s_fc.bias[candidates]  # [B, N]
 
-
-def load_official_sasrec(path: str | Path) -> SASRec:
-    """Our :class:`SASRec` with the weights of an official ``torch.save(model)`` file (read safely)."""
-    from ilora_export.model.official import load_official_sasrec as load
-
-    return load(path)

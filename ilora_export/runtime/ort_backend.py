@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ilora_export.artifacts.manifest import BANK, read_bank
 from ilora_export.errors import ExportError, IloraError
-from ilora_export.export.manifest import BANK, read_bank
 from ilora_export.lazy import ONNX_EXTRA, require
 from ilora_export.runtime.backend import Encoded
 

@@ -6,14 +6,13 @@ cache preallocated and ping-ponged as :class:`ilora_export.trt.binding.BindingPl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ilora_export.artifacts.engines import read_engines_index
 from ilora_export.runtime.backend import Encoded
 from ilora_export.trt.binding import BindingPlan
-from ilora_export.trt.build import ENGINES_INDEX
 from ilora_export.trt.engine import (
     EngineError,
     check_metadata,
@@ -34,7 +33,7 @@ class TrtBackend:
         facts = device_facts()
         self.torch = torch
         engines_dir = Path(engines_dir)
-        index = json.loads((engines_dir / ENGINES_INDEX).read_text(encoding="utf-8"))
+        index = read_engines_index(engines_dir)
         info = export.info
         self.dtype = np.dtype(info.dtype)
         self.embeddings = export.embeddings
@@ -59,7 +58,7 @@ class TrtBackend:
         self.tdtype = tdtype
         self.bank = {}
         if not info.bake_experts:
-            from ilora_export.export.manifest import BANK, read_bank
+            from ilora_export.artifacts.manifest import BANK, read_bank
 
             for k, v in read_bank(info.path / BANK, info).items():
                 self.bank[f"bank.{k}"] = torch.from_numpy(np.ascontiguousarray(v)).cuda()

@@ -136,7 +136,7 @@ def _write_stage1(stage1: Path, sasrec, metrics: dict, key: dict) -> None:
 def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str, progress: bool, resume: bool,
                    say: Callable[[str], None]):
     from ilora_export.checkpoint.format import non_finite
-    from ilora_export.model.sasrec import load_official_sasrec
+    from ilora_export.official.sasrec import load_official_sasrec
     from ilora_export.train.sasrec import train_sasrec
 
     num_items = dataset.catalogue.num_items

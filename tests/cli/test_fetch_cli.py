@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from ilora_export.base import cache, fetch
+from ilora_export import cache
+from ilora_export.base import fetch
 from ilora_export.cli import cli, main
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ilora_export.base.cache import fetch_wheel
+from ilora_export.cache import fetch_wheel
 from ilora_export.cli import cli
 from ilora_export.data import ml100k
 from ilora_export.data.ml100k import build_ml100k_demo, split_counts

@@ -105,7 +105,7 @@ def test_eval_set_file_with_other_history_length_is_refused(tiny_export, tmp_pat
 
 
 def test_verify_refuses_another_catalogue_before_comparing(tiny_export, renamed):
-    from ilora_export.export.verify import verify_export
+    from ilora_export.eval.verify import verify_export
 
     with pytest.raises(DataError, match=r"catalogue differs from the model's .* item id 0"):
         verify_export(*tiny_export, data_dir=renamed, limit=1, threads=1, progress=False)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from ilora_export.artifacts.manifest import BANK, MANIFEST, read_manifest
 from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.errors import DataError, ExportError
 from ilora_export.eval.reference import evaluate_backend
-from ilora_export.export.load import load_export
-from ilora_export.export.manifest import BANK, MANIFEST, read_manifest
 from ilora_export.export.package import export_checkpoint
 from ilora_export.fileio import sha256_file
+from ilora_export.runtime.load import checkpoint_assets, load_export
 from tests.factories import make_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
@@ -44,7 +44,7 @@ def _torch(ckpt):
     from ilora_export.runtime.torch_backend import TorchBackend
 
     loaded = load_checkpoint(ckpt)
-    return TorchBackend(loaded.model), loaded.assets
+    return TorchBackend(loaded.model), checkpoint_assets(loaded)
 
 
 def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ilora_export.errors import CheckpointError
-from ilora_export.model.sasrec import SASRec, load_official_sasrec
+from ilora_export.model.sasrec import SASRec
+from ilora_export.official.sasrec import load_official_sasrec
 from tests.factories import REF_DIR
 
 OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"

@@ -8,8 +8,8 @@ import pytest
 from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
-from ilora_export.export.load import load_export
 from ilora_export.runtime.generator import assemble_prompt, greedy_generate, positions_from_mask
+from ilora_export.runtime.load import checkpoint_assets, load_export
 from ilora_export.runtime.torch_backend import TorchBackend
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
@@ -25,7 +25,7 @@ def backends(tiny_export):
 
     ckpt, export_dir = tiny_export
     loaded = load_checkpoint(ckpt)
-    out = {"torch": (TorchBackend(loaded.model), loaded.assets)}
+    out = {"torch": (TorchBackend(loaded.model), checkpoint_assets(loaded))}
     export = load_export(export_dir)
     for mode in ORT_MODES:
         out[f"ort-{mode}"] = (OrtBackend(export, bank_mode=mode, threads=1), export.assets)

@@ -5,9 +5,9 @@ import collections
 import numpy as np
 import pytest
 
-from ilora_export.export.load import load_export
-from ilora_export.export.manifest import BANK, read_bank
+from ilora_export.artifacts.manifest import BANK, read_bank
 from ilora_export.runtime.generator import positions_from_mask
+from ilora_export.runtime.load import load_export
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[test])")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")

@@ -6,14 +6,14 @@ import shutil
 import numpy as np
 import pytest
 
+from ilora_export.artifacts.manifest import BANK, MANIFEST, read_manifest
 from ilora_export.data.evalset import load_or_build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.errors import IloraError
+from ilora_export.eval.quantize import quantize_export
 from ilora_export.eval.reference import evaluate_backend
-from ilora_export.export.load import load_export
-from ilora_export.export.manifest import BANK, MANIFEST, read_manifest
-from ilora_export.export.quantize import quantize_export
 from ilora_export.fileio import sha256_file
+from ilora_export.runtime.load import load_export
 from tests.factories import cli_exit_code
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
@@ -115,7 +115,7 @@ def test_without_data_the_gate_is_skipped_with_a_warning(tiny_export, tmp_path):
 def _edited_copy(export, tmp_path, **changes):
     """A copy of ``export`` whose manifest says ``changes``, with the decoder contract an export made
     so declares (manifest.json is validated for consistency when read)."""
-    from ilora_export.export.contract import ModelShape, decoder_contract
+    from ilora_export.artifacts.contract import ModelShape, decoder_contract
 
     copy = shutil.copytree(export, tmp_path / "edited")
     manifest = json.loads((copy / MANIFEST).read_text())

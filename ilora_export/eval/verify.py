@@ -40,8 +40,8 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     from ilora_export.checkpoint import load_checkpoint
     from ilora_export.eval.compare import compare_answers
     from ilora_export.eval.reference import evaluate_backend
-    from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
+    from ilora_export.runtime.load import checkpoint_assets, load_export
     from ilora_export.runtime.ort_backend import OrtBackend
     from ilora_export.runtime.torch_backend import TorchBackend
 
@@ -79,7 +79,8 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
               "bake_experts": info.bake_experts, "quantization": info.quantization, "logits": logits}
 
     if evalset is not None:
-        ref = evaluate_backend(torch_backend, loaded.assets, evalset, batch_size=batch_size, progress=progress)
+        ref = evaluate_backend(torch_backend, checkpoint_assets(loaded), evalset, batch_size=batch_size,
+                               progress=progress)
         got = evaluate_backend(ort_backend, export.assets, evalset, batch_size=batch_size, progress=progress)
         report["answers"] = {"split": split} | compare_answers(ref, got, ("torch", "ort"))
         if report["answers"]["differ"] and strict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ilora_export.base import cache
-from ilora_export.base.cache import cache_root, extract_member, fetch_wheel
+from ilora_export import cache
+from ilora_export.cache import cache_root, extract_member, fetch_wheel
 from ilora_export.errors import IloraError
 from ilora_export.fileio import sha256_file
 

@@ -16,15 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from ilora_export.checkpoint.safe_pickle import (
+from ilora_export.errors import CheckpointError, UnsafePickleError
+from ilora_export.official.safe_pickle import (
     DEFAULT_ALLOWED,
     PickledObject,
     module_state_dict,
     safe_load,
 )
-from ilora_export.errors import CheckpointError, UnsafePickleError
-from ilora_export.model.official import OFFICIAL_SASREC_ALLOWED
-from ilora_export.model.sasrec import load_official_sasrec
+from ilora_export.official.sasrec import OFFICIAL_SASREC_ALLOWED, load_official_sasrec
 from tests.factories import REF_DIR
 
 OFFICIAL_PT = REF_DIR / "rec_model/lastfm.pt"

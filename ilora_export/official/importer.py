@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ilora_export.checkpoint.safe_pickle import DEFAULT_ALLOWED, safe_load
 from ilora_export.errors import CheckpointError
+from ilora_export.official.safe_pickle import DEFAULT_ALLOWED, safe_load
 
 LORA_KEY = re.compile(r"^llama_model\.base_model\.model\.(?P<name>model\.layers\.(?P<layer>\d+)\."
                       r"(?:self_attn|mlp)\.(?P<proj>\w+_proj))\.lora_(?P<ab>[AB])\.default\.weight$")
@@ -141,9 +141,9 @@ def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_fil
     from ilora_export.fileio import sha256_file
     from ilora_export.model.gating import ResNetGate
     from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
-    from ilora_export.model.official import load_official_sasrec
     from ilora_export.model.projector import ItemProjector
     from ilora_export.model.spec import AdapterSpec
+    from ilora_export.official.sasrec import load_official_sasrec
 
     state, hparams = read_official_state(ckpt)
     layout = _official_layout(state, ckpt)

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ilora_export.artifacts.contract import DECODER_FILE
 from ilora_export.artifacts.kinds import EXPORT, of_kind
+from ilora_export.artifacts.manifest import MANIFEST, read_manifest, write_manifest
 from ilora_export.errors import ExportError, IloraError
-from ilora_export.export.contract import DECODER_FILE
-from ilora_export.export.manifest import MANIFEST, read_manifest, write_manifest
 from ilora_export.fileio import atomic_dir, check_replaceable, hash_tree, sha256_file
 from ilora_export.lazy import require
 
@@ -83,8 +83,8 @@ def quality_gate(reference, candidate, data_dir, *, split: str = "test", seed: i
     from ilora_export.data.llara import load_dataset
     from ilora_export.eval.compare import compare_answers
     from ilora_export.eval.reference import evaluate_backend
-    from ilora_export.export.load import load_export
     from ilora_export.export.validate import compare_backends
+    from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
 
     exports = [load_export(reference), load_export(candidate)]

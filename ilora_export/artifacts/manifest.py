@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from ilora_export.artifacts import tokens as T
-from ilora_export.artifacts.kinds import EXPORT_FORMAT
-from ilora_export.errors import ExportError
-from ilora_export.export.contract import (
+from ilora_export.artifacts.contract import (
     GraphContract,
     ModelShape,
     decoder_contract,
     encoder_contract,
 )
+from ilora_export.artifacts.kinds import EXPORT_FORMAT
+from ilora_export.errors import ExportError
 from ilora_export.fileio import find_hash_problem
 from ilora_export.schema import build, describe, opt
 

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ilora_export.errors import ExportError
-from ilora_export.export.load import load_export
-from ilora_export.export.manifest import (
+from ilora_export.artifacts.manifest import (
     BANK,
     MANIFEST,
     ExportInfo,
     read_bank,
     read_manifest,
 )
+from ilora_export.errors import ExportError
 from ilora_export.fileio import sha256_file
+from ilora_export.runtime.load import load_export
 from tests.factories import cli_exit_code
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")

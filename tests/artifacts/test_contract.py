@@ -6,8 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from ilora_export.errors import ExportError
-from ilora_export.export.contract import (
+from ilora_export.artifacts.contract import (
     EMBEDS_ATOL,
     LOGITS_ATOL,
     GraphContract,
@@ -17,7 +16,8 @@ from ilora_export.export.contract import (
     encoder_contract,
     past_names,
 )
-from ilora_export.export.manifest import read_manifest
+from ilora_export.artifacts.manifest import read_manifest
+from ilora_export.errors import ExportError
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
 
@@ -130,7 +130,7 @@ def test_the_manifest_contract_is_the_one_the_shape_declares(export_info):
 
 
 def test_a_folded_session_exposes_the_baked_contract(tiny_export, export_info):
-    from ilora_export.export.load import load_export
+    from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
 
     baked = decoder_contract(export_info.shape, export_info.dtype, bake_experts=True)

@@ -1,6 +1,6 @@
 """Reading the official pretrained SASRec (``torch.save(model)`` of LLaRA's SASRec) without running it.
 
-The pickle is read by :func:`ilora_export.checkpoint.safe_pickle.safe_load` with the official class
+The pickle is read by :func:`ilora_export.official.safe_pickle.safe_load` with the official class
 names mapped to inert stand-ins; hyperparameters come from the recorded attributes, weights from the
 recorded ``_parameters``, and both go into our own :class:`SASRec` (strict load). A plain state dict
 of the same names is accepted too (hyperparameters then come from the tensor shapes, one head).
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ilora_export.checkpoint.safe_pickle import (
+from ilora_export.errors import CheckpointError
+from ilora_export.model.sasrec import SASRec
+from ilora_export.official.safe_pickle import (
     DEFAULT_ALLOWED,
     TORCH_NN_ALLOWED,
     PickledObject,
@@ -21,8 +23,6 @@ from ilora_export.checkpoint.safe_pickle import (
     safe_load,
     stand_ins,
 )
-from ilora_export.errors import CheckpointError
-from ilora_export.model.sasrec import SASRec
 
 #: Names under which the official classes appear in pickles (the training script runs as
 #: ``__main__``; the modules file is imported as ``SASRecModules_ori``).

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from ilora_export.checkpoint import load_checkpoint
-from ilora_export.checkpoint.official_import import import_official
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.errors import CheckpointError, UnsafePickleError
 from ilora_export.model.gating import ResNetGate
 from ilora_export.model.prompting import PromptEncoder
 from ilora_export.model.sasrec import SASRec
+from ilora_export.official.importer import import_official
 from tests.factories import trained_like_layernorms
 
 PROJS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
@@ -183,9 +183,9 @@ def test_imported_model_matches_the_official_forward(official, tiny_llama_dir, t
 @torch.no_grad()
 def test_imported_model_matches_the_official_forward_in_onnxruntime(official, tiny_llama_dir, toy_data_dir):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
-    from ilora_export.export.load import load_export
     from ilora_export.export.package import export_checkpoint
     from ilora_export.runtime.generator import assemble_prompt, positions_from_mask
+    from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
 
     root, _, sd, sasrec, out = official

@@ -1,0 +1,51 @@
+"""The TensorRT engines folder's index, ``engines.json``: its one reader and writer.
+
+::
+
+    trt/
+      engines.json       the export it was built from, that export's manifest hash, the limits and the
+                         optimization profiles of both graphs ("built": true once the plans exist)
+      encoder.plan, decoder.plan (+ .json metadata), timing.cache, build_engines.sh
+
+Torch-free and TensorRT-free: commands that only route to an engines folder read it here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ilora_export.errors import IloraError
+from ilora_export.fileio import atomic_path
+
+ENGINES_INDEX = "engines.json"
+
+_HINT = "build the engines again: ilora-export trt EXPORT_DIR"
+
+
+def write_engines_index(folder, index: dict) -> Path:
+    """Write ``index`` as ``folder/engines.json`` (atomically)."""
+    path = Path(folder) / ENGINES_INDEX
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_engines_index(folder) -> dict:
+    """The index of an engines folder; :class:`IloraError` when it is absent, unreadable or names no export."""
+    path = Path(folder) / ENGINES_INDEX
+    if not path.is_file():
+        raise IloraError(f"{folder}: no {ENGINES_INDEX}; not an engines folder",
+                         "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise IloraError(f"{path}: unreadable", _HINT) from None
+    if not isinstance(index, dict) or not isinstance(index.get("export"), str):
+        raise IloraError(f"{path}: without the export it was built from", _HINT)
+    return index
+
+
+def engines_export_dir(folder) -> Path:
+    """The export folder an engines folder was built from."""
+    return Path(read_engines_index(folder)["export"])
