@@ -54,16 +54,16 @@ def answer_rows(backend, assets, rows, *, batch_size: int = 8, templates=None, m
     catalogue = assets.catalogue
     for row in rows:  # a silent wrong title is never shown: ids must exist in the model's catalogue
         catalogue.check_ids([*row.seq[:row.len_seq], row.target, *row.candidates], f"{where}, row {row.row_id}")
-    encoder = assets.encoder(templates)
+    builder = assets.prompt_builder(templates)
     stop = assets.stop_rule()
-    examples = [encoder.encode(r.seq, r.len_seq, r.candidates) for r in rows]
+    examples = [builder.encode(r.seq, r.len_seq, r.candidates) for r in rows]
     # Length bucketing: rows of similar prompt length share a batch (answers do not depend on it).
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     answers: dict[int, str] = {}
     sasrec_pick: dict[int, int] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = encoder.collate([examples[i] for i in idx])
+        batch = builder.collate([examples[i] for i in idx])
         gen = greedy_generate(backend, batch, stop, assets.token_ids, max_new_tokens)
         picks = np.take_along_axis(batch.candidates.numpy(), gen.item_scores.argmax(-1)[:, None], 1)[:, 0]
         for i, ids, pick in zip(idx, gen.tokens, picks.tolist()):

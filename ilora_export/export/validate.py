@@ -42,9 +42,9 @@ def compare_backends(reference: Backend, candidate: Backend, assets: PromptAsset
     ``tolerance`` maps "logits", "gate_weights", "item_embeds", "item_scores" to absolute bounds.
     Decode steps feed both backends the reference's greedy tokens, so their inputs stay identical.
     """
-    encoder = assets.encoder()
-    examples = [encoder.encode(*row) for row in sample_rows(assets.catalogue, state_size)]
-    batch = encoder.collate(examples)
+    builder = assets.prompt_builder()
+    examples = [builder.encode(*row) for row in sample_rows(assets.catalogue, state_size)]
+    batch = builder.collate(examples)
     seq, len_seq = batch.seq.numpy(), batch.len_seq.numpy()
     items = np.concatenate([seq, batch.candidates.numpy()], axis=1)
     enc_ref, enc_got = reference.encode(seq, len_seq, items), candidate.encode(seq, len_seq, items)

@@ -36,7 +36,7 @@ class PromptBatch:
             self.input_ids, self.attention_mask, self.seq, self.len_seq, self.candidates, self.labels)))
 
 
-class PromptEncoder:
+class PromptBuilder:
     """Renders templates with item titles and tokenizes them (prompt and answer tokenized apart).
 
     The answer is the target title followed by the newline terminator, as in the official training.

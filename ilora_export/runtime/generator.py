@@ -8,7 +8,7 @@ import numpy as np
 
 from ilora_export.artifacts import tokens as T
 from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule
-from ilora_export.model.prompting import PromptBatch, PromptEncoder
+from ilora_export.model.prompting import PromptBatch, PromptBuilder
 from ilora_export.runtime.backend import Backend
 
 
@@ -22,8 +22,8 @@ class PromptAssets:
     token_ids: dict[str, int]
     eos_ids: set[int] = field(default_factory=set)
 
-    def encoder(self, templates=None) -> PromptEncoder:
-        return PromptEncoder(self.tokenizer, self.catalogue.title, templates or self.templates)
+    def prompt_builder(self, templates=None) -> PromptBuilder:
+        return PromptBuilder(self.tokenizer, self.catalogue.title, templates or self.templates)
 
     def stop_rule(self) -> StopRule:
         return StopRule(self.tokenizer, self.eos_ids or None)

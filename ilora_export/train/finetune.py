@@ -311,7 +311,7 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float, step: int) -
     return norm
 
 
-def _step_loss(model, encoder, stream: TrainStream, step: int, tc, device: str) -> float:
+def _step_loss(model, builder, stream: TrainStream, step: int, tc, device: str) -> float:
     """Forward and backward of optimizer step ``step`` (0-based; ``grad_accum`` micro-batches); its mean loss."""
     per_step = tc.batch_size * tc.grad_accum
     total = 0.0
@@ -320,8 +320,8 @@ def _step_loss(model, encoder, stream: TrainStream, step: int, tc, device: str) 
         examples = []
         for g in range(g0, g0 + tc.batch_size):
             seq, len_seq, cands, target, tmpl = stream.sample(g)
-            examples.append(encoder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
-        batch = encoder.collate(examples, padding_side="right").to(device)
+            examples.append(builder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
+        batch = builder.collate(examples, padding_side="right").to(device)
         loss = model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
                      labels=batch.labels).loss / tc.grad_accum
         loss.backward()
@@ -342,8 +342,7 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     from ilora_export.data.llara import load_dataset
     from ilora_export.data.prompts import default_templates, load_prompt_file
     from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
-    from ilora_export.model.prompting import PromptEncoder
-    from ilora_export.model.spec import AdapterSpec
+    from ilora_export.model.prompting import PromptBuilder
 
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -375,15 +374,14 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     sasrec = _stage1_sasrec(recipe, dataset, key, out, device=device, progress=progress, resume=resume, say=say)
     llm, tokenizer = load_base_model(base_dir, dtype=DTYPES[tc.dtype])
     add_ilora_tokens(tokenizer, llm)
-    spec = AdapterSpec(**dataclasses.asdict(recipe.adapter))
     torch.manual_seed(recipe.seed)
     try:
-        model = ILoRAModel(llm, tokenizer, sasrec, spec)
+        model = ILoRAModel(llm, tokenizer, sasrec, recipe.adapter)
     except ValueError as err:  # e.g. a target module the base model does not have
         raise IloraError(f"adapter: {err}", "check adapter.target_modules against the base model") from None
     model.to(device)
 
-    encoder = PromptEncoder(tokenizer, dataset.catalogue.title, templates)
+    builder = PromptBuilder(tokenizer, dataset.catalogue.title, templates)
     stream = TrainStream(dataset.split("train"), dataset.catalogue.num_items, len(templates.templates),
                          recipe.seed, recipe.data.max_train_rows)
     params = list(model.trainable_parameters().values())
@@ -406,7 +404,7 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     model.sasrec.eval()
     while step < tc.max_steps:
         optimizer.zero_grad(set_to_none=True)
-        step_loss = _step_loss(model, encoder, stream, step, tc, device)
+        step_loss = _step_loss(model, builder, stream, step, tc, device)
         _stop_unless_finite("loss", step_loss, step + 1)
         clip_gradients(params, tc.max_grad_norm, step + 1)
         optimizer.step()

@@ -33,7 +33,7 @@ from ilora_export.model.spec import AdapterSpec
 from ilora_export.schema import build, close_key, join, opt
 
 __all__ = [
-    "AdapterConfig",
+    "AdapterSpec",
     "DataConfig",
     "Recipe",
     "SASRecConfig",
@@ -79,11 +79,6 @@ class SASRecConfig:
 
 
 @dataclass
-class AdapterConfig(AdapterSpec):
-    """The iLoRA adapter: a mixture of LoRA experts mixed per user by a gate."""
-
-
-@dataclass
 class TrainConfig:
     """The optimisation loop."""
 
@@ -110,7 +105,7 @@ class Recipe:
     seed: int = opt(42, ge=0)
     data: DataConfig = opt()
     sasrec: SASRecConfig = opt(factory=SASRecConfig)
-    adapter: AdapterConfig = opt(factory=AdapterConfig)
+    adapter: AdapterSpec = opt(factory=AdapterSpec)  # the model's own spec, stored in the checkpoint
     train: TrainConfig = opt(factory=TrainConfig)
 
 

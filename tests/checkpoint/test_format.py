@@ -11,7 +11,7 @@ from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.errors import CheckpointError
-from ilora_export.model.prompting import PromptEncoder
+from ilora_export.model.prompting import PromptBuilder
 from tests.factories import make_tiny_ilora
 
 
@@ -25,7 +25,7 @@ def saved(tmp_path_factory, tiny_llama_dir, toy_data_dir):
 
 
 def _logits(model, ds):
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     rows = build_eval_set(ds, "test", seed=0).rows[:3]
     b = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates) for r in rows])
     with torch.no_grad():

@@ -7,7 +7,7 @@ from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.model.ilora import positions_from_mask
-from ilora_export.model.prompting import IGNORE_INDEX, PromptEncoder
+from ilora_export.model.prompting import IGNORE_INDEX, PromptBuilder
 from tests.factories import make_tiny_ilora
 
 
@@ -34,7 +34,7 @@ def test_added_tokens_follow_the_official_order(model):
 
 def test_placeholders_replaced_in_order_like_the_official_loop(model, toy):
     ds, evalset = toy
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     rows = evalset.rows[:3]
     batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates) for r in rows])
     with torch.no_grad():
@@ -55,7 +55,7 @@ def test_placeholders_replaced_in_order_like_the_official_loop(model, toy):
 
 def test_placeholder_count_mismatch_is_refused(model, toy):
     ds, evalset = toy
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     r = evalset.rows[0]
     batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates)])
     with pytest.raises(ValueError, match="placeholder"):
@@ -64,7 +64,7 @@ def test_placeholder_count_mismatch_is_refused(model, toy):
 
 def test_loss_covers_answer_tokens_only(model, toy):
     ds, evalset = toy
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     rows = evalset.rows[:2]
     exs = [enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows]
     answer = model.tokenizer(ds.catalogue.title(rows[0].target) + "\n", add_special_tokens=False)["input_ids"]
@@ -99,7 +99,7 @@ def test_left_padding_positions():
 def test_gradients_reach_exactly_the_adapter(model, toy):
     """The LM loss trains the expert bank, the gate and the projector; the LLM and SASRec stay frozen."""
     ds, evalset = toy
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     rows = evalset.rows[:2]
     batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows],
                         padding_side="right")

@@ -1,4 +1,4 @@
-"""The prompt encoder: placeholder tokens, titles in order, padding, answer labels, template choice."""
+"""The prompt builder: placeholder tokens, titles in order, padding, answer labels, template choice."""
 
 import pytest
 import torch
@@ -7,18 +7,18 @@ from ilora_export.artifacts import tokens as T
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import CANS_SLOT, HISTORY_SLOT, PromptTemplates, default_templates
-from ilora_export.model.prompting import IGNORE_INDEX, PromptEncoder
+from ilora_export.model.prompting import IGNORE_INDEX, PromptBuilder
 from tests.factories import make_tiny_ilora
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama_dir, toy_data_dir):
-    """(tokenizer with the iLoRA tokens, catalogue, encoder over the default templates, test rows)."""
+    """(tokenizer with the iLoRA tokens, catalogue, builder over the default templates, test rows)."""
     tokenizer = make_tiny_ilora(tiny_llama_dir).tokenizer
     dataset = load_dataset(toy_data_dir)
-    encoder = PromptEncoder(tokenizer, dataset.catalogue.title, default_templates())
+    builder = PromptBuilder(tokenizer, dataset.catalogue.title, default_templates())
     rows = build_eval_set(dataset, "test", seed=0).rows
-    return tokenizer, dataset.catalogue, encoder, rows
+    return tokenizer, dataset.catalogue, builder, rows
 
 
 def _titles(catalogue, ids) -> list[str]:
@@ -26,24 +26,24 @@ def _titles(catalogue, ids) -> list[str]:
 
 
 def test_one_placeholder_per_history_item_and_per_candidate(setup):
-    tokenizer, _, encoder, rows = setup
+    tokenizer, _, builder, rows = setup
     hist, cans = (tokenizer.convert_tokens_to_ids(t) for t in (T.HISTORY_EMB, T.CANS_EMB))
     assert any(r.len_seq < len(r.seq) for r in rows)  # padded histories: the padding is not rendered
     for r in rows:
-        ids = encoder.encode(r.seq, r.len_seq, r.candidates).input_ids
+        ids = builder.encode(r.seq, r.len_seq, r.candidates).input_ids
         assert ids.count(hist) == r.len_seq
         assert ids.count(cans) == len(r.candidates) == 20
 
 
 def test_titles_appear_in_the_prompt_in_order(setup):
-    tokenizer, catalogue, encoder, rows = setup
+    tokenizer, catalogue, builder, rows = setup
     template = default_templates().templates[0]
     for r in rows[:4]:
         history, candidates = _titles(catalogue, r.seq[:r.len_seq]), _titles(catalogue, r.candidates)
         expected = (template.replace(HISTORY_SLOT, ", ".join(f"{t} {T.HISTORY_EMB}" for t in history))
                     .replace(CANS_SLOT, ", ".join(f"{t} {T.CANS_EMB}" for t in candidates)))
-        assert encoder.text(r.seq, r.len_seq, r.candidates) == expected
-        decoded = tokenizer.decode(encoder.encode(r.seq, r.len_seq, r.candidates).input_ids)
+        assert builder.text(r.seq, r.len_seq, r.candidates) == expected
+        decoded = tokenizer.decode(builder.encode(r.seq, r.len_seq, r.candidates).input_ids)
         assert decoded == expected  # the tokens hold exactly that text
         at = [decoded.index(f"{t} {T.HISTORY_EMB}") for t in history]
         at += [decoded.index(f"{t} {T.CANS_EMB}") for t in candidates]
@@ -51,19 +51,19 @@ def test_titles_appear_in_the_prompt_in_order(setup):
 
 
 def test_titles_from_a_mapping_or_a_function_give_the_same_tokens(setup):
-    tokenizer, catalogue, encoder, rows = setup
+    tokenizer, catalogue, builder, rows = setup
     mapping = {i: catalogue.title(i) for i in range(catalogue.num_items)}
-    by_dict = PromptEncoder(tokenizer, mapping, default_templates())
+    by_dict = PromptBuilder(tokenizer, mapping, default_templates())
     r = rows[0]
-    assert by_dict.encode(r.seq, r.len_seq, r.candidates) == encoder.encode(r.seq, r.len_seq, r.candidates)
+    assert by_dict.encode(r.seq, r.len_seq, r.candidates) == builder.encode(r.seq, r.len_seq, r.candidates)
 
 
 def test_left_and_right_padding_hold_the_same_real_tokens(setup):
-    tokenizer, _, encoder, rows = setup
-    examples = [encoder.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows[:5]]
+    tokenizer, _, builder, rows = setup
+    examples = [builder.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows[:5]]
     lengths = [len(e.input_ids) for e in examples]
     assert len(set(lengths)) > 1, "the batch must need padding"
-    left, right = encoder.collate(examples), encoder.collate(examples, padding_side="right")
+    left, right = builder.collate(examples), builder.collate(examples, padding_side="right")
     width = max(lengths)
     assert left.input_ids.shape == right.input_ids.shape == (5, width)
     pad = tokenizer.convert_tokens_to_ids(T.PAD)
@@ -85,17 +85,17 @@ def test_left_and_right_padding_hold_the_same_real_tokens(setup):
 
 
 def test_prompts_without_answers_collate_without_labels(setup):
-    _, _, encoder, rows = setup
-    batch = encoder.collate([encoder.encode(r.seq, r.len_seq, r.candidates) for r in rows[:3]])
+    _, _, builder, rows = setup
+    batch = builder.collate([builder.encode(r.seq, r.len_seq, r.candidates) for r in rows[:3]])
     assert batch.labels is None
     assert batch.input_ids.dtype == batch.attention_mask.dtype == torch.long
 
 
 def test_labels_keep_only_the_answer_and_its_newline(setup):
-    tokenizer, catalogue, encoder, rows = setup
+    tokenizer, catalogue, builder, rows = setup
     for r in rows[:4]:
-        prompt = encoder.encode(r.seq, r.len_seq, r.candidates).input_ids
-        ex = encoder.encode(r.seq, r.len_seq, r.candidates, answer=r.target)
+        prompt = builder.encode(r.seq, r.len_seq, r.candidates).input_ids
+        ex = builder.encode(r.seq, r.len_seq, r.candidates, answer=r.target)
         k = len(prompt)
         assert ex.input_ids[:k] == prompt and len(ex.labels) == len(ex.input_ids)
         assert ex.labels[:k] == [IGNORE_INDEX] * k
@@ -108,13 +108,13 @@ def test_labels_keep_only_the_answer_and_its_newline(setup):
 def test_templates_are_chosen_by_index_modulo_their_count(setup):
     tokenizer, catalogue, _, rows = setup
     templates = PromptTemplates((f"A {HISTORY_SLOT} B {CANS_SLOT} is ", f"{CANS_SLOT} then {HISTORY_SLOT}: "), "test")
-    encoder = PromptEncoder(tokenizer, catalogue.title, templates)
+    builder = PromptBuilder(tokenizer, catalogue.title, templates)
     r = rows[0]
     history = ", ".join(f"{t} {T.HISTORY_EMB}" for t in _titles(catalogue, r.seq[:r.len_seq]))
     candidates = ", ".join(f"{t} {T.CANS_EMB}" for t in _titles(catalogue, r.candidates))
     first, second = f"A {history} B {candidates} is ", f"{candidates} then {history}: "
-    texts = [encoder.text(r.seq, r.len_seq, r.candidates, template_index=i) for i in range(5)]
+    texts = [builder.text(r.seq, r.len_seq, r.candidates, template_index=i) for i in range(5)]
     assert texts == [first, second, first, second, first]
-    ids = [encoder.encode(r.seq, r.len_seq, r.candidates, template_index=i).input_ids for i in (0, 1, 2)]
+    ids = [builder.encode(r.seq, r.len_seq, r.candidates, template_index=i).input_ids for i in (0, 1, 2)]
     assert ids[0] == ids[2] != ids[1]
     assert ids[1] == tokenizer(second)["input_ids"]

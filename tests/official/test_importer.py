@@ -13,7 +13,7 @@ from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.errors import CheckpointError, UnsafePickleError
 from ilora_export.model.gating import ResNetGate
-from ilora_export.model.prompting import PromptEncoder
+from ilora_export.model.prompting import PromptBuilder
 from ilora_export.model.sasrec import SASRec
 from ilora_export.official.importer import import_official
 from tests.factories import trained_like_layernorms
@@ -160,7 +160,7 @@ def _prompt(loaded, toy_data_dir):
     ds = load_dataset(toy_data_dir)
     row = ds.split("test").iloc[0]
     cands = list(range(20))
-    enc = PromptEncoder(loaded.model.tokenizer, loaded.catalogue.title, default_templates())
+    enc = PromptBuilder(loaded.model.tokenizer, loaded.catalogue.title, default_templates())
     return enc.collate([enc.encode(list(row["seq"]), int(row["len_seq"]), cands)])
 
 

@@ -44,8 +44,8 @@ def batches(backends, toy_data_dir):
     rows = build_eval_set(load_dataset(toy_data_dir), "test", seed=0).rows[:ROWS]
     out = {}
     for name, (_, assets) in backends.items():
-        encoder = assets.encoder()
-        out[name] = encoder.collate([encoder.encode(r.seq, r.len_seq, r.candidates) for r in rows])
+        builder = assets.prompt_builder()
+        out[name] = builder.collate([builder.encode(r.seq, r.len_seq, r.candidates) for r in rows])
     return out
 
 

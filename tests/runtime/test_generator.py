@@ -5,7 +5,7 @@ from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.model.generate import StopRule
-from ilora_export.model.prompting import PromptEncoder
+from ilora_export.model.prompting import PromptBuilder
 from ilora_export.runtime.generator import greedy_generate
 from ilora_export.runtime.torch_backend import TorchBackend
 from tests.factories import make_tiny_ilora
@@ -21,7 +21,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 
     ds = load_dataset(write_synthetic_dataset(tmp_path_factory.mktemp("toy") / "toy"))
     model = make_tiny_ilora(tiny_llama_dir)
-    enc = PromptEncoder(model.tokenizer, ds.catalogue.title, default_templates())
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     evalset = build_eval_set(ds, "test", seed=0)
     examples = [enc.encode(r.seq, r.len_seq, r.candidates) for r in evalset.rows[:6]]
     return model, enc, examples, StopRule(model.tokenizer)

@@ -7,7 +7,7 @@ import pytest
 
 from ilora_export.errors import IloraError, RecipeError
 from ilora_export.train.recipe import (
-    AdapterConfig,
+    AdapterSpec,
     DataConfig,
     Recipe,
     TrainConfig,
@@ -74,7 +74,7 @@ def test_shipped_recipe_values():
     assert lastfm.sasrec.pretrained == "../shared/ilora-ref/rec_model/lastfm.pt"
     adapter = lastfm.adapter
     assert (adapter.r, adapter.alpha, adapter.num_experts, adapter.gate) == (8, 32.0, 4, "dense")
-    assert lastfm.adapter.target_modules == AdapterConfig().target_modules
+    assert lastfm.adapter.target_modules == AdapterSpec().target_modules
     assert (lastfm.train.max_steps, lastfm.train.batch_size, lastfm.train.lr) == (300, 4, 5e-4)
     assert lastfm.data.max_train_rows == 4000 and lastfm.train.device == "cpu"
 
@@ -107,7 +107,7 @@ def test_minimal_recipe_gets_defaults(tmp_path):
 
 
 def test_default_lists_are_not_shared():
-    a, b = AdapterConfig(), AdapterConfig()
+    a, b = AdapterSpec(), AdapterSpec()
     a.target_modules.append("lm_head")
     assert "lm_head" not in b.target_modules
 
