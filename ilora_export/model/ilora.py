@@ -131,16 +131,13 @@ class ILoRAModel(nn.Module):
         Row b must hold exactly len_seq[b] ``[HistoryEmb]`` and N ``[CansEmb]`` tokens.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)  # [B, S, H]
-        hist_mask = input_ids == self.token_ids[T.HISTORY_EMB]  # [B, S]
-        cans_mask = input_ids == self.token_ids[T.CANS_EMB]  # [B, S]
-        real = torch.arange(seq.shape[1], device=seq.device)[None, :] < len_seq[:, None]  # [B, L]
-        if not torch.equal(hist_mask.sum(1), real.sum(1)) or not bool(
-                (cans_mask.sum(1) == candidates.shape[1]).all()):
-            raise ValueError("placeholder tokens in the prompt do not match the history / candidate counts")
-        hist = self.item_embeds(seq)[real].to(embeds.dtype)  # [sum(len_seq), H]
-        cans = self.item_embeds(candidates).reshape(-1, embeds.shape[-1]).to(embeds.dtype)  # [B*N, H]
-        embeds = embeds.masked_scatter(hist_mask.unsqueeze(-1), hist)
-        return embeds.masked_scatter(cans_mask.unsqueeze(-1), cans)
+        slots = T.placeholder_slots(input_ids.cpu().numpy(), len_seq.cpu().numpy(), seq.shape[1],
+                                    candidates.shape[1], self.token_ids)
+        row, position, item = (torch.from_numpy(a).to(input_ids.device) for a in slots)  # [P] each
+        hist = self.item_embeds(seq).to(embeds.dtype)  # [B, L, H]
+        cans = self.item_embeds(candidates).to(embeds.dtype)  # [B, N, H]
+        items = torch.cat([hist, cans], dim=1)  # [B, L + N, H]
+        return embeds.index_put((row, position), items[row, item])  # [B, S, H]
 
     # -- forward / generation ------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, seq, len_seq, candidates, labels=None):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,28 @@ def test_placeholders_replaced_in_order_like_the_official_loop(model, toy):
                 expected[i, idx] = e
     torch.testing.assert_close(got, expected)
     assert (batch.input_ids == cans_id).sum(1).tolist() == [20, 20, 20]
+
+
+def test_torch_and_numpy_scatter_give_identical_embeddings(model, toy):
+    """The model's prompt embedding (torch) and the generator's (numpy, through the Backend calls) are the same
+    arrays, on rows of different history lengths under left padding."""
+    from ilora_export.runtime.generator import assemble_prompt
+    from ilora_export.runtime.torch_backend import TorchBackend
+
+    ds, evalset = toy
+    enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
+    rows = evalset.rows[:6]
+    batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates) for r in rows])
+    assert len(set(batch.len_seq.tolist())) > 1 and (batch.len_seq < batch.seq.shape[1]).any()
+    assert (batch.attention_mask[:, 0] == 0).any() and (batch.attention_mask[:, -1] == 1).all()  # left padding
+    with torch.no_grad():
+        torch_embeds = model.embed_prompt(batch.input_ids, batch.seq, batch.len_seq, batch.candidates)  # [B, S, H]
+        plain = model.llm.get_input_embeddings()(batch.input_ids)  # [B, S, H]
+    numpy_embeds, _, _ = assemble_prompt(TorchBackend(model), batch, model.token_ids)  # [B, S, H]
+    np.testing.assert_array_equal(numpy_embeds, torch_embeds.numpy())
+    placeholder = np.isin(batch.input_ids.numpy(), [model.token_ids[T.HISTORY_EMB], model.token_ids[T.CANS_EMB]])
+    changed = (torch_embeds != plain).any(-1).numpy()  # [B, S]
+    assert np.array_equal(changed, placeholder)  # every placeholder replaced, nothing else touched
 
 
 def test_placeholder_count_mismatch_is_refused(model, toy):

@@ -1,9 +1,11 @@
 """The prompt builder: placeholder tokens, titles in order, padding, answer labels, template choice."""
 
+import numpy as np
 import pytest
 import torch
 
 from ilora_export.artifacts import tokens as T
+from ilora_export.artifacts.tokens import placeholder_slots
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import CANS_SLOT, HISTORY_SLOT, PromptTemplates, default_templates
@@ -118,3 +120,35 @@ def test_templates_are_chosen_by_index_modulo_their_count(setup):
     ids = [builder.encode(r.seq, r.len_seq, r.candidates, template_index=i).input_ids for i in (0, 1, 2)]
     assert ids[0] == ids[2] != ids[1]
     assert ids[1] == tokenizer(second)["input_ids"]
+
+
+def test_placeholder_slots_pair_each_placeholder_with_its_item_in_order():
+    ids = {T.HISTORY_EMB: 7, T.CANS_EMB: 8}
+    input_ids = np.array([[0, 0, 7, 1, 7, 8, 2, 8],  # left-padded: 2 history items, 2 candidates
+                          [8, 7, 7, 3, 7, 8, 1, 1]])  # a candidate first (another template), 3 history items
+    slots = placeholder_slots(input_ids, np.array([2, 3]), 4, 2, ids)  # items [B, 4 + 2]
+    assert slots.row.tolist() == [0, 0, 1, 1, 1, 0, 0, 1, 1]
+    assert slots.position.tolist() == [2, 4, 1, 2, 4, 5, 7, 0, 5]
+    assert slots.item.tolist() == [0, 1, 0, 1, 2, 4, 5, 4, 5]
+    for len_seq, n in (([2, 2], 2), ([2, 3], 3), ([2, 5], 2)):
+        with pytest.raises(ValueError, match="placeholder"):
+            placeholder_slots(input_ids, np.array(len_seq), 4, n, ids)
+
+
+def test_placeholder_slots_cover_a_left_padded_batch(setup):
+    tokenizer, _, builder, rows = setup
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (T.HISTORY_EMB, T.CANS_EMB)}
+    batch = builder.collate([builder.encode(r.seq, r.len_seq, r.candidates) for r in rows[:5]])
+    input_ids, len_seq = batch.input_ids.numpy(), batch.len_seq.numpy()
+    width, n = batch.seq.shape[1], batch.candidates.shape[1]
+    slots = placeholder_slots(input_ids, len_seq, width, n, ids)
+    for b in range(5):
+        mine = slots.row == b
+        hist = mine & (slots.item < width)
+        # the b-th row's real history items, then its candidates, at its placeholders in prompt order
+        assert slots.item[hist].tolist() == list(range(len_seq[b]))
+        assert slots.item[mine & ~hist].tolist() == list(range(width, width + n))
+        assert (input_ids[b, slots.position[hist]] == ids[T.HISTORY_EMB]).all()
+        assert (input_ids[b, slots.position[mine & ~hist]] == ids[T.CANS_EMB]).all()
+        assert np.all(np.diff(slots.position[hist]) > 0) and np.all(np.diff(slots.position[mine & ~hist]) > 0)
+    assert slots.row.size == len_seq.sum() + 5 * n  # every placeholder, once
