@@ -1,8 +1,11 @@
-"""The shared greedy generator: prompt assembly, KV-cache growth, left padding, stop conditions."""
+"""The shared greedy generator: prompt assembly, the decode step (:class:`StepInputs` and :class:`Decoding`:
+positions under left padding, mask growth, the KV-cache state) and stop conditions. Every decode loop over a
+Backend (generation, backend validation, the benchmark) steps through :class:`Decoding`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -49,39 +52,83 @@ def assemble_prompt(backend: Backend, batch: PromptBatch, token_ids: dict[str, i
     ids = batch.input_ids.numpy()  # [B, S]
     seq, len_seq = batch.seq.numpy(), batch.len_seq.numpy()  # [B, L], [B]
     cands = batch.candidates.numpy()  # [B, N]
-    enc = backend.encode(seq, len_seq, np.concatenate([seq, cands], axis=1))
+    enc = backend.encode(seq, len_seq, np.concatenate([seq, cands], axis=1))  # items [B, L + N]
     length = seq.shape[1]
+    row, position, item = T.placeholder_slots(ids, len_seq, length, cands.shape[1], token_ids)  # [P] each
     embeds = backend.embed(ids).copy()  # [B, S, H]
-    hist_mask, cans_mask = ids == token_ids[T.HISTORY_EMB], ids == token_ids[T.CANS_EMB]  # [B, S]
-    real = np.arange(length)[None, :] < len_seq[:, None]  # [B, L]
-    if (hist_mask.sum(1) != real.sum(1)).any() or (cans_mask.sum(1) != cands.shape[1]).any():
-        raise ValueError("placeholder tokens in the prompt do not match the history / candidate counts")
-    # boolean-mask assignment fills row-major, i.e. in prompt order, as masked_scatter does
-    embeds[hist_mask] = enc.item_embeds[:, :length][real]  # [sum(len_seq), H]
-    embeds[cans_mask] = enc.item_embeds[:, length:].reshape(-1, embeds.shape[-1])  # [B*N, H]
+    embeds[row, position] = enc.item_embeds[row, item]  # [P, H]
     return embeds, enc.gate_weights.astype(backend.dtype), enc.item_scores[:, length:]
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What one decoder call reads (the Backend.step arguments but the KV state)."""
+
+    embeds: np.ndarray  # [B, S, H]
+    attention_mask: np.ndarray  # [B, P+S] int64, P tokens already in the cache
+    position_ids: np.ndarray  # [B, S] int64
+    gate_weights: np.ndarray  # [B, K]
+
+    @classmethod
+    def prefill(cls, embeds: np.ndarray, attention_mask: np.ndarray, gate_weights: np.ndarray) -> StepInputs:
+        """The first call: a (left-padded) prompt, embeds [B, S, H] under attention_mask [B, S]."""
+        mask = attention_mask.astype(np.int64)  # [B, S]
+        return cls(embeds, mask, positions_from_mask(mask), gate_weights)
+
+    def then(self, embeds: np.ndarray) -> StepInputs:
+        """The next call: one more token per row, embeds [B, 1, H]; the mask grows by one column."""
+        rows = self.attention_mask.shape[0]
+        mask = np.concatenate([self.attention_mask, np.ones((rows, 1), np.int64)], axis=1)  # [B, P+S+1]
+        return StepInputs(embeds, mask, self.position_ids[:, -1:] + 1, self.gate_weights)  # positions [B, 1]
+
+    def astype(self, dtype) -> StepInputs:
+        """The same inputs with embeds and gate weights in ``dtype`` (another backend's)."""
+        return replace(self, embeds=self.embeds.astype(dtype), gate_weights=self.gate_weights.astype(dtype))
+
+
+def prompt_inputs(backend: Backend, batch: PromptBatch, token_ids: dict[str, int]) -> tuple[StepInputs, np.ndarray]:
+    """The prefill inputs of a prompt batch (assembled by ``backend``) and SASRec's candidate scores [B, N]."""
+    embeds, gate, scores = assemble_prompt(backend, batch, token_ids)
+    return StepInputs.prefill(embeds, batch.attention_mask.numpy(), gate), scores
+
+
+class Decoding:
+    """One backend's decoder calls over a batch: the KV state carried from each call to the next.
+
+    ``step(inputs)`` runs one call (the first is the prefill); ``next_inputs(inputs, tokens)`` turns the
+    tokens chosen from its logits into the inputs of the following call.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.state: Any = None  # the KV cache, in the backend's form; None before the prefill
+
+    def step(self, inputs: StepInputs) -> np.ndarray:
+        """One decoder call: last-position logits [B, V] float32."""
+        logits, self.state = self.backend.step(inputs.embeds, inputs.attention_mask, inputs.position_ids,
+                                               inputs.gate_weights, self.state)
+        return logits
+
+    def next_inputs(self, inputs: StepInputs, tokens: np.ndarray) -> StepInputs:
+        """The inputs that feed ``tokens`` [B] (one per row, embedded by this backend) after ``inputs``."""
+        return inputs.then(self.backend.embed(tokens[:, None].astype(np.int64)))  # embeds [B, 1, H]
 
 
 def greedy_generate(backend: Backend, batch: PromptBatch, stop: StopRule, token_ids: dict[str, int],
                     max_new_tokens: int = MAX_NEW_TOKENS) -> Generation:
     """Greedy answers for a left-padded batch; a row stops at EOS or at a newline after its text."""
-    embeds, gate, scores = assemble_prompt(backend, batch, token_ids)
-    mask = batch.attention_mask.numpy().astype(np.int64)  # [B, S]
-    positions = positions_from_mask(mask)  # [B, S]
-    rows = mask.shape[0]
+    inputs, scores = prompt_inputs(backend, batch, token_ids)
+    decoding = Decoding(backend)
+    rows = inputs.attention_mask.shape[0]
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
-    state = None
     for _ in range(max_new_tokens):
-        logits, state = backend.step(embeds, mask, positions, gate, state)  # [B, V]
-        next_tok = logits.argmax(-1)  # [B]
+        next_tok = decoding.step(inputs).argmax(-1)  # [B]
         for b, tok in enumerate(next_tok.tolist()):
             if not done[b]:
                 out[b].append(tok)
                 done[b] = stop.is_done(out[b])
         if all(done):
             break
-        embeds = backend.embed(next_tok[:, None].astype(np.int64))  # [B, 1, H]
-        mask = np.concatenate([mask, np.ones((rows, 1), np.int64)], axis=1)  # [B, P+1]
-        positions = positions[:, -1:] + 1  # [B, 1]
+        inputs = decoding.next_inputs(inputs, next_tok)
     return Generation([[t for t in ids if t not in stop.eos_ids] for ids in out], scores)

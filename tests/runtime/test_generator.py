@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -6,9 +7,10 @@ from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.model.generate import StopRule
 from ilora_export.model.prompting import PromptBuilder
-from ilora_export.runtime.generator import greedy_generate
+from ilora_export.runtime.generator import Decoding, StepInputs, greedy_generate, prompt_inputs
 from ilora_export.runtime.torch_backend import TorchBackend
 from tests.factories import make_tiny_ilora
+from tests.runtime.recording import RecordingBackend
 
 
 def _generate(model, batch, stop, max_new_tokens):
@@ -70,3 +72,55 @@ def test_stop_rule_matches_the_official_first_line(setup):
     official = tok.decode(full, skip_special_tokens=True).strip().split("\n")[0]
     assert stop.first_line(nl + word + nl) == official == "Enigma"
     assert stop.is_done(word + [tok.eos_token_id])
+
+
+def test_step_inputs_grow_one_token_per_row_under_left_padding():
+    mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
+    embeds, gate = np.zeros((2, 4, 3), np.float32), np.full((2, 2), 0.5, np.float32)
+    first = StepInputs.prefill(embeds, mask, gate)
+    assert first.attention_mask.dtype == first.position_ids.dtype == np.int64
+    assert first.position_ids.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    second = first.then(np.ones((2, 1, 3), np.float32))
+    third = second.then(np.ones((2, 1, 3), np.float32))
+    assert third.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    assert second.position_ids.tolist() == [[2], [4]] and third.position_ids.tolist() == [[3], [5]]
+    assert third.gate_weights is gate
+    half = third.astype(np.float16)
+    assert half.embeds.dtype == half.gate_weights.dtype == np.float16 and half.attention_mask is third.attention_mask
+
+
+def test_cached_decode_logits_equal_a_full_recompute(setup):
+    """Each step's logits with the KV cache equal those of one prefill over the prompt and the tokens so far."""
+    model, enc, examples, _ = setup
+    backend = TorchBackend(model)
+    batch = enc.collate(examples[:4])
+    inputs, _ = prompt_inputs(backend, batch, model.token_ids)
+    decoding = Decoding(backend)
+    embeds = [inputs.embeds]  # [B, S, H], then [B, 1, H] per step
+    for _ in range(4):
+        cached = decoding.step(inputs)  # [B, V]
+        whole = StepInputs.prefill(np.concatenate(embeds, axis=1), inputs.attention_mask, inputs.gate_weights)
+        np.testing.assert_allclose(Decoding(backend).step(whole), cached, atol=1e-4, rtol=0)
+        inputs = decoding.next_inputs(inputs, cached.argmax(-1))
+        embeds.append(inputs.embeds)
+
+
+def test_greedy_generate_decodes_through_the_shared_step(setup):
+    model, enc, examples, stop = setup
+    batch = enc.collate(examples[:3])
+    backend = RecordingBackend(TorchBackend(model))
+    gen = greedy_generate(backend, batch, stop, model.token_ids, 5)
+    calls = backend.calls
+    mask = batch.attention_mask.numpy()
+    assert calls[0].state_in is None and calls[0].attention_mask.tolist() == mask.tolist()
+    for k, (before, call) in enumerate(zip(calls, calls[1:]), start=1):
+        assert call.state_in is before.state_out  # the cache carried from call to call
+        assert call.attention_mask.shape == (3, mask.shape[1] + k) and (call.attention_mask[:, -k:] == 1).all()
+        assert call.position_ids.tolist() == (mask.sum(1, keepdims=True) - 1 + k).tolist()
+        np.testing.assert_array_equal(call.embeds, model.llm.get_input_embeddings()(
+            torch.from_numpy(before.logits.argmax(-1)[:, None])).detach().numpy())
+    assert len(calls) == 5 or len(calls) == max(len(t) for t in gen.tokens)
+    for b, tokens in enumerate(gen.tokens):  # each row's answer: the argmax of each call until its stop
+        picked = [int(call.logits[b].argmax()) for call in calls]
+        ends = [k + 1 for k in range(len(picked)) if stop.is_done(picked[:k + 1])]
+        assert tokens == [t for t in picked[:ends[0] if ends else None] if t not in stop.eos_ids]
