@@ -11,11 +11,7 @@ import numpy as np
 
 from ilora_export.errors import ValidationError
 from ilora_export.runtime.backend import Backend
-from ilora_export.runtime.generator import (
-    PromptAssets,
-    assemble_prompt,
-    positions_from_mask,
-)
+from ilora_export.runtime.generator import Decoding, PromptAssets, prompt_inputs
 
 
 def sample_rows(catalogue, state_size: int, *, rows: int = 3, candidates: int = 20, seed: int = 0):
@@ -53,22 +49,16 @@ def compare_backends(reference: Backend, candidate: Backend, assets: PromptAsset
               "item_embeds_max_abs": _max_abs(enc_ref.item_embeds, enc_got.item_embeds),
               "item_scores_max_abs": _max_abs(enc_ref.item_scores, enc_got.item_scores)}
 
-    embeds, gate, _ = assemble_prompt(reference, batch, assets.token_ids)
-    mask = batch.attention_mask.numpy().astype(np.int64)
-    positions = positions_from_mask(mask)
-    state_ref = state_got = None
+    inputs, _ = prompt_inputs(reference, batch, assets.token_ids)  # the reference's prompt feeds both
+    ref_decoding, got_decoding = Decoding(reference), Decoding(candidate)
     deltas, agree, total = [], 0, 0
     for _ in range(decode_steps + 1):
-        ref, state_ref = reference.step(embeds, mask, positions, gate, state_ref)
-        got, state_got = candidate.step(embeds.astype(candidate.dtype), mask, positions,
-                                        gate.astype(candidate.dtype), state_got)
+        ref = ref_decoding.step(inputs)  # [B, V]
+        got = got_decoding.step(inputs.astype(candidate.dtype))  # [B, V]
         deltas.append(_max_abs(ref, got))
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         total += ref.shape[0]
-        nxt = ref.argmax(-1)[:, None].astype(np.int64)  # [B, 1]
-        embeds = reference.embed(nxt)
-        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
-        positions = positions[:, -1:] + 1
+        inputs = ref_decoding.next_inputs(inputs, ref.argmax(-1))
     report |= {"prefill_logits_max_abs": deltas[0], "decode_logits_max_abs": max(deltas[1:], default=0.0),
                "greedy_token_agreement": agree / total, "decode_steps": decode_steps}
 
