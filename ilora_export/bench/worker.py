@@ -33,11 +33,14 @@ class _Timer:
         self.gate = np.full((1, num_experts), 1.0 / num_experts, dtype=backend.dtype)
 
     def prefill(self, length: int):
-        from ilora_export.runtime.generator import positions_from_mask
+        """A fresh decode after a prompt of ``length`` random tokens: (its Decoding, the prefill's inputs,
+        the prefill's logits [1, V])."""
+        from ilora_export.runtime.generator import Decoding, StepInputs
 
         ids = self.rng.integers(0, self.vocab, size=(1, length))
-        mask = np.ones((1, length), np.int64)
-        return self.backend.step(self.backend.embed(ids), mask, positions_from_mask(mask), self.gate, None)
+        inputs = StepInputs.prefill(self.backend.embed(ids), np.ones((1, length), np.int64), self.gate)
+        decoding = Decoding(self.backend)
+        return decoding, inputs, decoding.step(inputs)
 
     def prefill_ms(self, length: int) -> float:
         t = time.perf_counter()
@@ -46,15 +49,13 @@ class _Timer:
 
     def decode_ms(self, past: int, steps: int) -> float:
         """Median ms per token of ``steps`` greedy steps after a prompt of ``past`` tokens."""
-        logits, state = self.prefill(past)
-        mask = np.ones((1, past), np.int64)
+        decoding, inputs, logits = self.prefill(past)
         times = []
         for _ in range(steps):
-            tok = logits.argmax(-1)[:, None].astype(np.int64)
-            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], 1)
-            pos = np.array([[mask.shape[1] - 1]], np.int64)
+            tok = logits.argmax(-1)  # [1]
             t = time.perf_counter()
-            logits, state = self.backend.step(self.backend.embed(tok), mask, pos, self.gate, state)
+            inputs = decoding.next_inputs(inputs, tok)  # the token's embedding, the grown mask, its position
+            logits = decoding.step(inputs)
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times)
 

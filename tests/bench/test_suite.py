@@ -2,8 +2,15 @@
 
 import json
 
+import numpy as np
+
 from ilora_export.bench.floor import decoder_floor
 from ilora_export.bench.suite import ROWS, run_bench
+from ilora_export.bench.worker import _Timer
+from ilora_export.runtime.generator import PromptAssets
+from ilora_export.runtime.torch_backend import TorchBackend
+from tests.factories import make_tiny_ilora
+from tests.runtime.recording import RecordingBackend
 
 
 def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data_dir, tmp_path):
@@ -55,6 +62,25 @@ def _answers(export_dir, data_dir, *, limit: int) -> list[str]:
     evalset.rows = evalset.rows[:limit]
     backend, assets = open_backend(export_dir, "ort", threads=1)
     return [r["answer"] for r in evaluate_backend(backend, assets, evalset, batch_size=1, progress=False).records]
+
+
+def test_worker_times_the_generators_decode_step(tiny_llama_dir):
+    """The timed decode is the generator's: one token per call after the prompt, cache carried, mask and
+    positions grown by one; its last logits are those of the whole sequence at once."""
+    model = make_tiny_ilora(tiny_llama_dir)
+    backend = RecordingBackend(TorchBackend(model))
+    timer = _Timer(backend, PromptAssets(model.tokenizer, None, None, model.token_ids), num_experts=4)
+    assert timer.decode_ms(past=6, steps=3) > 0
+    calls = backend.calls
+    assert len(calls) == 4 and calls[0].state_in is None and calls[0].embeds.shape[:2] == (1, 6)
+    assert calls[0].position_ids.tolist() == [[0, 1, 2, 3, 4, 5]]
+    for k, (before, call) in enumerate(zip(calls, calls[1:]), start=1):
+        assert call.state_in is before.state_out
+        assert call.attention_mask.tolist() == [[1] * (6 + k)] and call.position_ids.tolist() == [[5 + k]]
+        np.testing.assert_array_equal(call.embeds, backend.embed(before.logits.argmax(-1)[:, None]))
+    whole = np.concatenate([c.embeds for c in calls], axis=1)  # [1, 9, H]
+    logits, _ = TorchBackend(model).step(whole, np.ones((1, 9), np.int64), np.arange(9)[None], timer.gate, None)
+    np.testing.assert_allclose(logits, calls[-1].logits, atol=1e-4, rtol=0)
 
 
 def test_floor_arithmetic():
