@@ -8,7 +8,7 @@ import argparse
 from ilora_export import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
-from ilora_export.eval.reference import evaluate_model
+from ilora_export.eval.answers import evaluate_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("checkpoint")

@@ -10,7 +10,7 @@ METRICS = ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total")
 
 
 def compare_answers(reference, candidate, names: tuple[str, str] = ("reference", "candidate")) -> dict:
-    """Compare two :class:`~ilora_export.eval.reference.EvalOutput` of the same evaluation set.
+    """Compare two :class:`~ilora_export.eval.answers.EvalOutput` of the same evaluation set.
 
     Returns ``rows``, ``agree``, ``agreement``, ``differ`` (row id and both answers, under ``names``),
     each side's metrics under its name, and the HitRatio@1 (of total) and ValidRatio deltas

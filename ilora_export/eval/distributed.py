@@ -35,7 +35,7 @@ class ShardEvaluator:
 
         from ilora_export.data.evalset import read_eval_set
         from ilora_export.data.prompts import load_prompt_file
-        from ilora_export.eval.reference import EVALSET
+        from ilora_export.eval.answers import EVALSET
         from ilora_export.eval.shards import RUN, plan_shards
         from ilora_export.runtime.load import open_backend
 
@@ -52,7 +52,7 @@ class ShardEvaluator:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ilora_export.eval.reference import answer_rows
+        from ilora_export.eval.answers import answer_rows
 
         shards, rows, seconds = [], [], []
         for k in batch["shard"].tolist():

@@ -81,8 +81,8 @@ def quality_gate(reference, candidate, data_dir, *, split: str = "test", seed: i
 
     from ilora_export.data.evalset import load_or_build_eval_set
     from ilora_export.data.llara import load_dataset
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.eval.compare import compare_answers
-    from ilora_export.eval.reference import evaluate_backend
     from ilora_export.export.validate import compare_backends
     from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend

@@ -38,8 +38,8 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     ValidationError (after writing the report) when an fp32 export disagrees on any answer. A quantized
     export is compared the same way, but differences are reported, not failed."""
     from ilora_export.checkpoint import load_checkpoint
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.eval.compare import compare_answers
-    from ilora_export.eval.reference import evaluate_backend
     from ilora_export.export.validate import compare_backends
     from ilora_export.runtime.load import checkpoint_assets, load_export
     from ilora_export.runtime.ort_backend import OrtBackend

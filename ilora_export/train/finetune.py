@@ -440,7 +440,7 @@ def _final_eval(recipe: Recipe, out: Path, model, dataset, templates, base_dir: 
     """Evaluate the model in memory (no second copy of the LLM) on the first ``eval_rows`` rows."""
     from ilora_export.checkpoint import LoadedCheckpoint, read_checkpoint
     from ilora_export.data.evalset import build_eval_set
-    from ilora_export.eval.reference import evaluate_model, write_eval_output
+    from ilora_export.eval.answers import evaluate_model, write_eval_output
 
     evalset = build_eval_set(dataset, recipe.data.eval_split, seed=0)
     if recipe.train.eval_rows is not None:

@@ -1,7 +1,7 @@
 import pytest
 
+from ilora_export.eval.answers import EvalOutput
 from ilora_export.eval.compare import compare_answers
-from ilora_export.eval.reference import EvalOutput
 
 
 def _output(answers, valid_ratio, hit):

@@ -10,8 +10,8 @@ from ilora_export.artifacts.manifest import BANK, MANIFEST, read_manifest
 from ilora_export.data.evalset import load_or_build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.errors import IloraError
+from ilora_export.eval.answers import evaluate_backend
 from ilora_export.eval.quantize import quantize_export
-from ilora_export.eval.reference import evaluate_backend
 from ilora_export.fileio import sha256_file
 from ilora_export.runtime.load import load_export
 from tests.factories import cli_exit_code

@@ -12,7 +12,7 @@ from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.errors import DataError, ExportError
-from ilora_export.eval.reference import evaluate_backend
+from ilora_export.eval.answers import evaluate_backend
 from ilora_export.export.package import export_checkpoint
 from ilora_export.fileio import sha256_file
 from ilora_export.runtime.load import checkpoint_assets, load_export
