@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ilora_export.artifacts.bank import graph_input_shapes
 from ilora_export.errors import ExportError
 
 # Absolute tolerance on logits when an exported graph is compared with PyTorch fp32 on the same inputs.
@@ -99,7 +100,7 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     num_experts: int
-    bank_shapes: dict  # "lora_A.q_proj" -> [L, in, r] / "lora_B.q_proj" -> [L, r, out] (stored transposed)
+    bank_shapes: dict  # bank key -> stored shape (artifacts.bank.BankShape.shapes)
 
     def to_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
@@ -126,17 +127,11 @@ def decoder_contract(shape: ModelShape, dtype: str, *, bake_experts: bool) -> Gr
               TensorSpec("gate_weights", dtype, ("batch", shape.num_experts)),
               *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers)]]
     if not bake_experts:
-        inputs += [TensorSpec(f"bank.{k}", dtype, tuple(s)) for k, s in sorted(shape.bank_shapes.items(),
-                                                                              key=lambda kv_: _bank_order(kv_[0]))]
+        inputs += [TensorSpec(name, dtype, tuple(dims)) for name, dims in graph_input_shapes(shape.bank_shapes)]
     present = ("batch", shape.num_kv_heads, "total_sequence", shape.head_dim)
     outputs = [TensorSpec("logits", "float32", ("batch", 1, shape.vocab_size)),
                *[TensorSpec(n, dtype, present) for n in past_names(shape.num_layers, "present")]]
     return GraphContract(DECODER_FILE, tuple(inputs), tuple(outputs), {"logits": LOGITS_ATOL[dtype]})
-
-
-def _bank_order(key: str) -> tuple[str, str]:
-    kind, proj = key.split(".", 1)  # the BankLayout order: by projection, then A before B
-    return proj, kind
 
 
 def encoder_contract(shape: ModelShape) -> GraphContract:

@@ -25,6 +25,14 @@ from typing import Any
 import numpy as np
 
 from ilora_export.artifacts import tokens as T
+from ilora_export.artifacts.bank import (
+    KEY_FORMS,
+    LAYER_AXIS,
+    STORED_NDIM,
+    file_metadata,
+    is_bank_key,
+    rank_of,
+)
 from ilora_export.artifacts.contract import (
     GraphContract,
     ModelShape,
@@ -182,16 +190,16 @@ class _ModelRecord:
     head_dim: int = opt(ge=1)
     vocab_size: int = opt(ge=1)
     num_experts: int = opt(ge=1)
-    bank_shapes: dict[str, list[int]] = opt(nonempty=True)  # "lora_A.q_proj" -> [L, in, r], lora_B: [L, r, out]
+    bank_shapes: dict[str, list[int]] = opt(nonempty=True)  # bank key -> stored shape (artifacts.bank)
     item_num: int = opt(ge=1)
     state_size: int = opt(ge=1)
 
     @staticmethod
     def _cross_check(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         for key, dims in v.get("bank_shapes", {}).items():
-            if key.split(".", 1)[0] not in ("lora_A", "lora_B") or "." not in key:
-                yield f"bank_shapes[{key!r}]", "expected a lora_A.<projection> or lora_B.<projection> key"
-            elif len(dims) != 3 or not all(_is_size(n) for n in dims):
+            if not is_bank_key(key):
+                yield f"bank_shapes[{key!r}]", f"expected a {KEY_FORMS} key"
+            elif len(dims) != STORED_NDIM or not all(_is_size(n) for n in dims):
                 yield f"bank_shapes[{key!r}]", f"expected [layers, rows, columns], got {dims!r}"
 
 
@@ -268,7 +276,7 @@ def _consistency_problems(m: dict) -> list[str]:
     problems = []
     if adapter["num_experts"] != shape.num_experts:
         problems.append(f"adapter.num_experts: {adapter['num_experts']}, but model.num_experts is {shape.num_experts}")
-    ranks = sorted({dims[2] if key.startswith("lora_A") else dims[1] for key, dims in shape.bank_shapes.items()})
+    ranks = sorted({rank_of(key, dims) for key, dims in shape.bank_shapes.items()})
     if ranks != [adapter["r"]]:
         problems.append(f"adapter.r: {adapter['r']}, but model.bank_shapes holds rank {', '.join(map(str, ranks))}")
     encoder, decoder = (GraphContract.from_dict(m["graphs"][g]) for g in ("encoder", "decoder"))
@@ -309,11 +317,13 @@ def _difference(have: GraphContract, want: GraphContract) -> str:
 
 
 def bank_metadata(shape: ModelShape, r: int) -> dict[str, str]:
-    return {"num_experts": str(shape.num_experts), "r": str(r), "num_layers": str(shape.num_layers)}
+    """The metadata of the export's ``bank.safetensors``."""
+    return file_metadata(shape.num_experts, r, shape.num_layers)
 
 
 def read_bank(file, info: ExportInfo) -> dict[str, np.ndarray]:
-    """An expert bank file, checked against the export's rank, K, layer count and tensor shapes."""
+    """An expert bank file by key (``artifacts.bank``), checked against the export's rank, K, layer count
+    and tensor shapes."""
     from safetensors import SafetensorError, safe_open
 
     file = Path(file)
@@ -325,9 +335,8 @@ def read_bank(file, info: ExportInfo) -> dict[str, np.ndarray]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError) as err:
         raise ExportError(f"{file}: unreadable expert bank ({err})", hint) from None
-    for key, want in (("num_experts", adapter["num_experts"]), ("r", adapter["r"]),
-                      ("num_layers", info.shape.num_layers)):
-        if key in meta and meta[key].strip() != str(want):
+    for key, want in file_metadata(adapter["num_experts"], adapter["r"], info.shape.num_layers).items():
+        if key in meta and meta[key].strip() != want:
             raise ExportError(f"{file}: expert bank has {key}={meta[key]}, the export needs {want}", hint)
     expected = info.shape.bank_shapes
     if set(tensors) != set(expected):
@@ -337,7 +346,7 @@ def read_bank(file, info: ExportInfo) -> dict[str, np.ndarray]:
     for key, want in expected.items():
         got = tensors[key]
         if list(got.shape) != list(want):
-            what = "layer count" if got.shape[0] != want[0] else "rank"
+            what = "layer count" if got.shape[LAYER_AXIS] != want[LAYER_AXIS] else "rank"
             raise ExportError(f"{file}: {key} has shape {list(got.shape)}, the export needs {list(want)} "
                               f"(wrong {what})", hint)
         _check_finite(file, key, got, got)
