@@ -31,25 +31,20 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def graph_bank(model) -> dict[str, torch.Tensor]:
-    """The expert bank as the graph takes it: ``lora_A.<proj>`` [L, in, r] and ``lora_B.<proj>`` [L, r, out].
-
-    Stored transposed (A^T, B^T) so the graph multiplies by them directly: a layer's slice is a plain
-    MatMul operand, with no per-step Transpose of a graph input.
-    """
-    bank = BankLayout(model.llm).stack(model.llm)  # [L, r, in] / [L, out, r]
-    return {k: v.transpose(-1, -2).contiguous() for k, v in bank.items()}
+    """An ILoRAModel's expert bank as the graph takes it and ``bank.safetensors`` stores it, by key
+    (``artifacts.bank``: stacked over layers, transposed, so a layer's slice is a plain MatMul operand)."""
+    return BankLayout(model.llm).stored(model.llm)
 
 
 def model_shape(model) -> ModelShape:
-    """Sizes of an ILoRAModel's LLM and expert bank (in the graph's layout)."""
+    """Sizes of an ILoRAModel's LLM and expert bank (in the stored layout)."""
     cfg = model.llm.config
-    bank = graph_bank(model)
     return ModelShape(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
                       num_kv_heads=cfg.num_key_value_heads,
                       head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
                       vocab_size=model.llm.get_output_embeddings().weight.shape[0],
                       num_experts=model.spec.num_experts,
-                      bank_shapes={k: list(v.shape) for k, v in bank.items()})
+                      bank_shapes=BankLayout(model.llm).shape.shapes)
 
 
 class _LastLogits(nn.Module):
@@ -98,10 +93,10 @@ class DecoderWrapper(nn.Module):
         cache = DynamicCache(config=self.model.llm.config)
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)  # [B, kv_heads, P, head_dim]
-        params = {} if self.bake_experts else self.layout.parameters_from(dict(zip(self.layout.keys, bank)))
-        # per-layer slices back to the layers' [r, in] / [out, r]: Transpose(A^T) then linear's own
-        # Transpose cancel in the exported graph
-        params = {f"llm.{k}": v.transpose(-1, -2) for k, v in params.items()}
+        # each layer's slice back in its own orientation: that Transpose and the linear's own cancel in
+        # the exported graph
+        params = {} if self.bake_experts else {
+            f"llm.{k}": v for k, v in self.layout.parameters_from_stored(dict(zip(self.layout.keys, bank))).items()}
         with self.model.expert_gate.use(gate_weights):
             logits, cache = torch.func.functional_call(
                 self.step, params, (inputs_embeds, attention_mask, position_ids, cache), strict=False)

@@ -1,15 +1,16 @@
 """MoE-LoRA: a LoRA whose rank is split into K experts mixed by a per-sequence gate.
 
-Layout follows the official iLoRA code: ``lora_A`` weight [r, in], ``lora_B`` weight [out, r]; expert
-k owns the contiguous rank slice ``k*r/K : (k+1)*r/K``; scaling is ``alpha / (r / K)``. One gate
-vector g [B, K] per sequence is shared by every wrapped layer::
+The bank's layout (names, shapes, orientation, scaling) is :mod:`ilora_export.artifacts.bank`, as in the
+official iLoRA code: A [r, in], B [out, r], expert k owns the rank slice ``k*r/K : (k+1)*r/K``, scaling
+``alpha / (r / K)``. One gate vector g [B, K] per sequence is shared by every wrapped layer::
 
     y = base(x) + scaling * ((dropout(x) A^T) * g_r) B^T,   g_r [B, 1, r] = g repeated over each slice
 
 which equals ``base(x) + scaling * sum_k g_k B_k A_k x``. With K = 1 and g = 1 it is plain LoRA.
 
-The expert bank lives in named containers (``lora_A[adapter]``, ``lora_B[adapter]``, peft style), so
-state-dict keys read ``...q_proj.lora_A.default.weight``. Injection is :func:`inject_moe_lora`.
+The expert bank lives in named containers, one per factor, keyed by adapter name (peft style), so its
+parameters are named as ``artifacts.bank.parameter_name`` says (``...q_proj.lora_A.default.weight``).
+Injection is :func:`inject_moe_lora`; :class:`BankLayout` stacks the bank into its stored layout and back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from ilora_export.artifacts.bank import (
+    FACTORS,
+    BankShape,
+    bank_key,
+    bank_keys,
+    expert_rank,
+    from_stored,
+    layer_shape,
+    lora_scaling,
+    parameter_name,
+    to_stored,
+)
 
 DEFAULT_ADAPTER = "default"
 
@@ -52,19 +66,18 @@ class MoELoraLinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, *, r: int, alpha: float, num_experts: int, dropout: float,
                  gate: ExpertGate, adapter_name: str = DEFAULT_ADAPTER):
         super().__init__()
-        if r % num_experts:
-            raise ValueError(f"rank {r} is not divisible by {num_experts} experts")
+        self.expert_rank = expert_rank(r, num_experts)  # ValueError unless K divides r
         self.base_layer = base_layer
         self.base_layer.requires_grad_(False)
         self.r, self.alpha, self.num_experts = r, alpha, num_experts
-        self.scaling = alpha / (r / num_experts)
+        self.scaling = lora_scaling(alpha, r, num_experts)
         self.adapter_name = adapter_name
         self.gate = gate
         dev, dtype = base_layer.weight.device, base_layer.weight.dtype
-        self.lora_A = nn.ModuleDict({adapter_name: nn.Linear(base_layer.in_features, r, bias=False,
-                                                             device=dev, dtype=dtype)})
-        self.lora_B = nn.ModuleDict({adapter_name: nn.Linear(r, base_layer.out_features, bias=False,
-                                                             device=dev, dtype=dtype)})
+        for factor in FACTORS:  # self.lora_A, self.lora_B: {adapter: Linear}, weight A [r, in], B [out, r]
+            rows, cols = layer_shape(factor, base_layer.in_features, base_layer.out_features, r)
+            self.add_module(factor, nn.ModuleDict({adapter_name: nn.Linear(cols, rows, bias=False, device=dev,
+                                                                           dtype=dtype)}))
         self.lora_dropout = nn.ModuleDict({adapter_name: nn.Dropout(dropout) if dropout > 0 else nn.Identity()})
         self.disabled = False  # see adapters_disabled()
         self.reset_lora_parameters()
@@ -91,7 +104,7 @@ class MoELoraLinear(nn.Module):
             raise RuntimeError("MoE-LoRA layer called outside `ExpertGate.use(...)`: no gate weights set")
         name = self.adapter_name
         h = self.lora_A[name](self.lora_dropout[name](x))  # [B, S, r]
-        g_r = g.to(h.dtype).repeat_interleave(self.r // self.num_experts, dim=-1)  # [B, r]
+        g_r = g.to(h.dtype).repeat_interleave(self.expert_rank, dim=-1)  # [B, r]
         h = h * g_r.unsqueeze(1)  # [B, S, r]
         return result + self.lora_B[name](h) * self.scaling  # [B, S, out]
 
@@ -143,31 +156,60 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 class BankLayout:
-    """The expert bank as one stacked tensor pair per projection, over layers (no batch axis).
+    """A model's expert bank in the stored layout of :mod:`ilora_export.artifacts.bank`.
 
-    ``lora_A.<proj>`` [L, r, in] and ``lora_B.<proj>`` [L, out, r]; :meth:`parameters_from` maps such
-    tensors back to the wrapped layers' parameter names (for ``torch.func.functional_call``).
+    Maps the wrapped layers, by projection and layer index, to the stacked tensors ``lora_A.<proj>``
+    and ``lora_B.<proj>`` [L, ...]: :meth:`stored` stacks the bank (A [L, in, r], B [L, r, out]),
+    :meth:`stack` stacks it in the layers' own orientation (A [L, r, in], B [L, out, r]), and
+    :meth:`parameters_from_stored` / :meth:`parameters_from` map such tensors back to the layers'
+    parameter names (for ``torch.func.functional_call``).
     """
 
     def __init__(self, model: nn.Module):
         by_proj: dict[str, list[tuple[int, str]]] = {}
-        for name in moe_lora_layers(model):
+        layers = moe_lora_layers(model)
+        for name in layers:
             m = _LAYER_INDEX.search(name)
             if m is None:
                 raise ValueError(f"cannot tell the layer index of {name!r}")
             by_proj.setdefault(name.rsplit(".", 1)[-1], []).append((int(m.group(1)), name))
         self.modules = {p: [n for _, n in sorted(v)] for p, v in sorted(by_proj.items())}
         self.adapter = DEFAULT_ADAPTER
+        self._layers = layers
 
     @property
     def keys(self) -> list[str]:
-        return [f"{ab}.{p}" for p in self.modules for ab in ("lora_A", "lora_B")]
+        return bank_keys(self.modules)
+
+    @property
+    def shape(self) -> BankShape:
+        """The sizes the stored layout follows from (every projection wrapped in every layer)."""
+        counts = {len(names) for names in self.modules.values()}
+        ranks = {(m.r, m.num_experts) for m in self._layers.values()}
+        features = {p: {(self._layers[n].in_features, self._layers[n].out_features) for n in names}
+                    for p, names in self.modules.items()}
+        if len(counts) != 1 or len(ranks) != 1 or any(len(f) != 1 for f in features.values()):
+            raise ValueError("the expert bank is not one stack per projection: every projection must be wrapped "
+                             "in every layer, with one rank and expert count")
+        (r, k), = ranks
+        return BankShape(num_layers=counts.pop(), features={p: f.pop() for p, f in features.items()}, r=r,
+                         num_experts=k)
 
     def stack(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """key -> the layers' factors stacked in their own orientation, A [L, r, in], B [L, out, r]."""
         params = dict(model.named_parameters())
-        return {f"{ab}.{p}": torch.stack([params[f"{n}.{ab}.{self.adapter}.weight"] for n in names]).detach()
-                for p, names in self.modules.items() for ab in ("lora_A", "lora_B")}
+        return {bank_key(f, p): torch.stack([params[parameter_name(n, f, self.adapter)] for n in names]).detach()
+                for p, names in self.modules.items() for f in FACTORS}
+
+    def stored(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """key -> the bank as stored, A [L, in, r], B [L, r, out] (contiguous)."""
+        return {k: to_stored(v).contiguous() for k, v in self.stack(model).items()}
 
     def parameters_from(self, bank: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {f"{n}.{ab}.{self.adapter}.weight": bank[f"{ab}.{p}"][i]
-                for p, names in self.modules.items() for i, n in enumerate(names) for ab in ("lora_A", "lora_B")}
+        """Parameter name -> layer slice of ``bank`` (key -> [L, ...], any orientation: sliced as is)."""
+        return {parameter_name(n, f, self.adapter): bank[bank_key(f, p)][i]
+                for p, names in self.modules.items() for i, n in enumerate(names) for f in FACTORS}
+
+    def parameters_from_stored(self, bank: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Parameter name -> the layer's slice of the stored ``bank``, back in its own orientation."""
+        return {name: from_stored(t) for name, t in self.parameters_from(bank).items()}

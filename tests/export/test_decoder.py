@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from ilora_export.artifacts.bank import is_bank_input
 from ilora_export.export.decoder import DecoderWrapper, export_decoder, sample_inputs
 from ilora_export.model.ilora import positions_from_mask
 from ilora_export.model.moe_lora import BankLayout
@@ -27,11 +28,11 @@ def test_contract_names(exported):
     model, wrapper, c, session = exported
     assert [i.name for i in session.get_inputs()] == c.input_names
     assert [o.name for o in session.get_outputs()] == c.output_names
-    banks = [n for n in c.input_names if n.startswith("bank.")]
+    banks = [n for n in c.input_names if is_bank_input(n)]
     if wrapper.bake_experts:
         assert banks == []
     else:  # the contract's bank order is the layout's, which the wrapper zips the inputs with
-        assert banks == [f"bank.{k}" for k in BankLayout(model.llm).keys] and len(banks) == 14
+        assert banks == BankLayout(model.llm).shape.input_names and len(banks) == 14
         assert banks[:2] == ["bank.lora_A.down_proj", "bank.lora_B.down_proj"]
     assert session.get_outputs()[0].type == "tensor(float)" and session.get_outputs()[0].shape[1:] == [
         1, model.llm.config.vocab_size]

@@ -4,6 +4,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ilora_export.model.moe_lora import (
+    BankLayout,
     ExpertGate,
     MoELoraLinear,
     inject_moe_lora,
@@ -111,3 +112,28 @@ def test_injection_rejects_unknown_target():
     with pytest.raises(ValueError, match="c_attn"):
         inject_moe_lora(_tiny_llama(), ["q_proj", "c_attn"], r=4, alpha=8, num_experts=2, dropout=0,
                         gate=ExpertGate(2))
+
+
+def test_bank_layout_stores_transposed_stacks_and_maps_them_back():
+    model = _tiny_llama()
+    inject_moe_lora(model, ["q_proj", "down_proj"], r=8, alpha=32, num_experts=4, dropout=0, gate=ExpertGate(4))
+    layout = BankLayout(model)
+    assert layout.keys == ["lora_A.down_proj", "lora_B.down_proj", "lora_A.q_proj", "lora_B.q_proj"]
+    assert layout.shape.shapes == {"lora_A.down_proj": [2, 128, 8], "lora_B.down_proj": [2, 8, 64],
+                                   "lora_A.q_proj": [2, 64, 8], "lora_B.q_proj": [2, 8, 64]}
+    stored = layout.stored(model)
+    q1 = model.model.layers[1].self_attn.q_proj
+    assert torch.equal(stored["lora_A.q_proj"][1], q1.lora_A["default"].weight.T)
+    assert torch.equal(layout.stack(model)["lora_B.q_proj"][1], q1.lora_B["default"].weight)
+    params = dict(model.named_parameters())
+    back = layout.parameters_from_stored(stored)
+    assert len(back) == 2 * 2 * 2 and all(torch.equal(params[n], t) for n, t in back.items())
+
+
+def test_bank_layout_needs_every_projection_in_every_layer():
+    model = _tiny_llama()
+    inject_moe_lora(model, ["q_proj", "v_proj"], r=4, alpha=8, num_experts=2, dropout=0, gate=ExpertGate(2))
+    attn = model.model.layers[1].self_attn
+    attn.q_proj = attn.q_proj.base_layer  # layer 1 without its q_proj adapter
+    with pytest.raises(ValueError, match="every projection"):
+        _ = BankLayout(model).shape
