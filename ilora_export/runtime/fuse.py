@@ -4,6 +4,8 @@ With the bank known when the session is created, every MoE-LoRA projection of th
 
     y = x W + s * ((x A_l) * g_r) B_l          # x [B, S, in], A_l [in, r], B_l [r, out], g_r [B, 1, r]
 
+(A_l, B_l: layer l's slices of a projection's bank inputs, stored as ``artifacts.bank`` lays them out)
+
 is rewritten per group of projections that read the same ``x`` (q/k/v; gate/up; o; down)::
 
     h  = (x [A_1 .. A_n]) * [g_r .. g_r]                     # [B, S, n r]: one MatMul, one Mul
@@ -24,15 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BANK_PREFIX = "bank."
+from ilora_export.artifacts.bank import LORA_A, factor_of_input, stored_rank
 
 
 @dataclass
 class _Adapter:
     x: str  # the projection's input
     gate: str  # g_r [B, 1, r]
-    a: np.ndarray  # [in, r]
-    b: np.ndarray  # [r, out], scaling folded in
+    a: np.ndarray  # [in, r]: one layer's stored A
+    b: np.ndarray  # [r, out]: one layer's stored B, scaling folded in
     base_weight: str  # initializer [in, out]
     output: str  # the Add's output (the projection's result)
     nodes: list  # the nodes this adapter replaces (base MatMul included)
@@ -66,7 +68,7 @@ def _match(graph, bank: dict[str, np.ndarray]) -> list[_Adapter]:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op else None
 
-    def bank_slice(name):  # Gather(bank.<key>, layer) -> the numpy slice
+    def bank_slice(name):  # Gather(<bank input>, layer) -> the numpy slice
         g = producer.get(name)
         if g is None or g.op_type != "Gather" or g.input[0] not in bank or g.input[1] not in consts:
             return None, None
@@ -75,8 +77,8 @@ def _match(graph, bank: dict[str, np.ndarray]) -> list[_Adapter]:
         return g, bank[g.input[0]][int(consts[g.input[1]])]
 
     found = []
-    for key in (k for k in bank if k.startswith(BANK_PREFIX + "lora_A.")):
-        for gather_a in consumers.get(key, []):
+    for name in (n for n in bank if factor_of_input(n) == LORA_A):
+        for gather_a in consumers.get(name, []):
             if gather_a.op_type != "Gather":
                 continue
             mm_a = only(gather_a.output[0], "MatMul")
@@ -109,8 +111,8 @@ def fold_bank(model, bank: dict[str, np.ndarray], *, fuse: bool = True):
     """``model`` (an onnx ModelProto of the decoder) with ``bank`` folded in and, with ``fuse``, the
     adapters fused into their base projections; returns (model, number of projections fused).
 
-    ``bank`` maps graph input names (``bank.lora_A.<proj>`` ...) to their values; those inputs become
-    initializers.
+    ``bank`` maps the decoder's bank input names (``artifacts.bank.input_name``) to their stored values;
+    those inputs become initializers.
     """
     from onnx import helper, numpy_helper
 
@@ -129,7 +131,7 @@ def fold_bank(model, bank: dict[str, np.ndarray], *, fuse: bool = True):
     removed = {id(n) for ad in adapters for n in ad.nodes}
     new_nodes, new_inits, tiled = [], [], {}
     for gi, ((x, gate), members) in enumerate(groups.items()):
-        n, r = len(members), members[0].a.shape[1]
+        n, r = len(members), stored_rank(LORA_A, members[0].a.shape)
         dtype = dtypes[members[0].base_weight]
         name = f"ilora_fused_{gi}"
         new_inits.append(numpy_helper.from_array(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ilora_export.artifacts.bank import as_graph_inputs
 from ilora_export.artifacts.manifest import BANK, read_bank
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.lazy import ONNX_EXTRA, require
@@ -125,7 +126,7 @@ class OrtBackend:
             raise ValueError(f"bank_mode must be one of {self.BANK_MODES}, not {bank_mode!r}")
         tensors: dict[str, np.ndarray] = {}
         if not info.bake_experts:
-            tensors = {f"bank.{k}": v for k, v in read_bank(Path(bank) if bank else info.path / BANK, info).items()}
+            tensors = as_graph_inputs(read_bank(Path(bank) if bank else info.path / BANK, info))
         elif bank is not None:
             raise ExportError(f"{info.path}: the expert bank is baked into this export; --bank does not apply",
                               "export without --bake-experts to swap expert banks")

@@ -58,10 +58,11 @@ class TrtBackend:
         self.tdtype = tdtype
         self.bank = {}
         if not info.bake_experts:
+            from ilora_export.artifacts.bank import as_graph_inputs
             from ilora_export.artifacts.manifest import BANK, read_bank
 
-            for k, v in read_bank(info.path / BANK, info).items():
-                self.bank[f"bank.{k}"] = torch.from_numpy(np.ascontiguousarray(v)).cuda()
+            for name, v in as_graph_inputs(read_bank(info.path / BANK, info)).items():
+                self.bank[name] = torch.from_numpy(np.ascontiguousarray(v)).cuda()
             for ctx in self.contexts:  # bound once
                 for name, t in self.bank.items():
                     ctx.set_input_shape(name, tuple(t.shape))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ilora_export.artifacts.bank import is_bank_input
 from ilora_export.trt.engine import EngineError
 from ilora_export.trt.profiles import Limits
 
@@ -36,7 +37,7 @@ class BindingPlan:
         self.buffer_elems = limits.max_batch * self.kv_heads * self.max_total * self.head_dim
         self.past_names = [t.name for t in info.decoder.inputs if t.name.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
-        self.bank = {t.name: tuple(t.axes) for t in info.decoder.inputs if t.name.startswith("bank.")}
+        self.bank = {t.name: tuple(t.axes) for t in info.decoder.inputs if is_bank_input(t.name)}
         self.hidden, self.num_experts, self.vocab = shape.hidden_size, shape.num_experts, shape.vocab_size
 
     def buffers(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ import collections
 import numpy as np
 import pytest
 
+from ilora_export.artifacts.bank import as_graph_inputs, is_bank_input
 from ilora_export.artifacts.manifest import BANK, read_bank
 from ilora_export.runtime.generator import positions_from_mask
 from ilora_export.runtime.load import load_export
@@ -17,7 +18,7 @@ def _graph_and_bank(export_dir):
     from ilora_export.runtime.fuse import fold_bank
 
     info = load_export(export_dir).info
-    bank = {f"bank.{k}": v for k, v in read_bank(info.path / BANK, info).items()}
+    bank = as_graph_inputs(read_bank(info.path / BANK, info))
     return onnx.load(str(info.path / "decoder.onnx"), load_external_data=False), bank, info, fold_bank
 
 
@@ -25,11 +26,12 @@ def test_every_projection_is_fused_and_the_bank_becomes_constant(tiny_export):
     _, export = tiny_export
     model, bank, info, fold_bank = _graph_and_bank(export)
     before = collections.Counter(n.op_type for n in model.graph.node)
+    assert set(bank) == {i.name for i in model.graph.input if is_bank_input(i.name)}  # the file feeds every input
     fused, count = fold_bank(model, bank)
     after = collections.Counter(n.op_type for n in fused.graph.node)
     layers, groups = info.shape.num_layers, 4  # q/k/v, o, gate/up, down
     assert count == 7 * layers
-    assert not any(i.name.startswith("bank.") for i in fused.graph.input)
+    assert not any(is_bank_input(i.name) for i in fused.graph.input)
     # per projection: its base MatMul plus the adapter's two MatMuls, two Muls and Add ...
     # ... become per group one MatMul (A), one Mul (gate), one Concat, and the projection's own MatMul
     assert before["MatMul"] - after["MatMul"] == 7 * layers * 2 - groups * layers
