@@ -21,7 +21,8 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
     from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.errors import IloraError
-    from ilora_export.eval.reference import run_eval
+    from ilora_export.eval.request import EvalRequest
+    from ilora_export.eval.run import run_eval
     from ilora_export.export.package import export_checkpoint
     from ilora_export.train.finetune import finetune
 
@@ -60,8 +61,9 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
         t = time.perf_counter()
         rows = f" (first {limit} rows)" if limit else ""
         log(f"[{i}/5] evaluate with {backend} on {recipe.data.eval_split}{rows}")
-        summaries[backend] = run_eval(target, data, recipe.data.eval_split, backend=backend, limit=limit,
-                                      threads=threads, output=out / f"eval-{backend}", replace_other=True)
+        summaries[backend] = run_eval(EvalRequest(target, data, recipe.data.eval_split, backend=backend, limit=limit,
+                                                  threads=threads, output=out / f"eval-{backend}",
+                                                  replace_other=True))
         stages[f"eval_{backend}"] = time.perf_counter() - t
     answers = {}
     for b in summaries:

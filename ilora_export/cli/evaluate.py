@@ -82,13 +82,15 @@ def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, 
       ilora-export eval runs/lastfm-smollm2/onnx --backend ort --data DIR -o results/
       ilora-export eval runs/lastfm-smollm2/onnx --backend ort --data DIR -o results/ --ray --num-workers 2
     """
-    from ilora_export.eval.reference import run_eval
+    from ilora_export.eval.request import EvalRequest
+    from ilora_export.eval.run import run_eval
 
-    summary = run_eval(target, data_dir, split, backend=backend, device=device, batch_size=batch_size,
-                       limit=limit, output=output, seed=seed, eval_set=eval_set, prompt_file=prompt_file,
-                       base_model=base_model, threads=threads, bank=bank, shard_rows=shard_rows,
-                       restart=restart, ray=use_ray, address=address, num_workers=num_workers,
-                       allow_catalogue_mismatch=allow_catalogue_mismatch)
+    request = EvalRequest(target, data_dir, split, backend=backend, device=device, batch_size=batch_size, limit=limit,
+                          seed=seed, eval_set=eval_set, prompt_file=prompt_file, base_model=base_model,
+                          threads=threads, bank=bank, output=output, shard_rows=shard_rows, restart=restart,
+                          ray=use_ray, address=address, num_workers=num_workers,
+                          allow_catalogue_mismatch=allow_catalogue_mismatch)
+    summary = run_eval(request)
     click.echo(format_summary(summary))
     if output:
         click.echo(f"results: {output}")

@@ -22,22 +22,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilora_export.artifacts.kinds import EVALUATION, MODEL_INDEXES, folder_kind, of_kind
+from ilora_export.artifacts.kinds import EVALUATION, of_kind
+from ilora_export.data.evalset import EvalSet
 from ilora_export.errors import IloraError
+from ilora_export.eval.request import EvalRequest
 from ilora_export.fileio import (
     atomic_path,
     check_replaceable,
     clean_stale_temporaries,
     make_dirs,
     remove_empty_dirs,
-    sha256_file,
 )
 from ilora_export.lazy import require
 
 RUN = "run.json"
 SHARDS = "shards"
 META_KEY = b"ilora_export.shard"
-DEFAULT_SHARD_ROWS = 64
 
 
 def _pyarrow():
@@ -45,23 +45,11 @@ def _pyarrow():
 
 
 def plan_shards(num_rows: int, shard_rows: int) -> list[tuple[int, int]]:
-    """[start, end) positions in the evaluation set, one pair per shard."""
+    """[start, end) positions in the evaluation set, one pair per shard (``shard_rows`` >= 1, as an
+    EvalRequest checks)."""
     if shard_rows < 1:
-        raise IloraError(f"--shard-rows must be >= 1, got {shard_rows}", "64 is a good default")
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     return [(s, min(s + shard_rows, num_rows)) for s in range(0, num_rows, shard_rows)]
-
-
-def target_identity(target, bank=None) -> dict:
-    """What answers depend on in a model folder: the sha256 of its index file (which hashes the rest)."""
-    target = Path(target)
-    index = MODEL_INDEXES.get(folder_kind(target))
-    if index is None:
-        raise IloraError(f"{target}: neither a checkpoint, an export nor an engines folder",
-                         "pass the folder written by finetune, onnx or trt")
-    ident = {"target": str(target.resolve()), "index": index, "sha256": sha256_file(target / index)}
-    if bank is not None:
-        ident["bank_sha256"] = sha256_file(bank)
-    return ident
 
 
 @dataclass
@@ -69,9 +57,16 @@ class ShardStore:
     """The shard files of one evaluation run in ``root`` (see the module docstring)."""
 
     root: Path
-    identity: dict  # target, backend, eval set hash, shard size ...
+    identity: dict  # target, backend, eval set hash, shard size ... (EvalRequest.identity)
     plan: list[tuple[int, int]]
     row_ids: list[int]  # the eval set's row ids, in its order
+
+    @classmethod
+    def for_request(cls, request: EvalRequest, evalset: EvalSet) -> ShardStore:
+        """The store of ``request`` (which has an output folder) evaluating ``evalset``, its rows in
+        shards of ``request.shard_rows``, fingerprinted by ``request.identity``."""
+        return cls(Path(request.output), request.identity(evalset), plan_shards(len(evalset.rows), request.shard_rows),
+                   [r.row_id for r in evalset.rows])
 
     @property
     def fingerprint(self) -> str:

@@ -9,7 +9,8 @@ import pytest
 from ilora_export.data.llara import ID2NAME_FILE, load_catalogue
 from ilora_export.data.synthetic import write_synthetic_dataset
 from ilora_export.errors import DataError
-from ilora_export.eval.reference import run_eval
+from ilora_export.eval.request import EvalRequest
+from ilora_export.eval.run import run_eval
 from tests.factories import cli_exit_code
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
@@ -35,8 +36,8 @@ def test_renamed_catalogue_is_refused_on_every_path(tiny_export, renamed, tmp_pa
     output = tmp_path / "out" if path != "plain-torch" and path != "plain-ort" else None
     with pytest.raises(DataError, match=r"catalogue differs from the model's .* first at item id 0: "
                                         r"'Item Alpha 00 \(remix\)' here, 'Item Alpha 00' in the model") as err:
-        run_eval(ckpt if backend == "torch" else export, renamed, "test", backend=backend, limit=2,
-                 output=output, ray=path == "ray", threads=1, progress=False)
+        run_eval(EvalRequest(ckpt if backend == "torch" else export, renamed, "test", backend=backend, limit=2,
+                             output=output, ray=path == "ray", threads=1), progress=False)
     assert "50 of 50 items" in err.value.message and "--allow-catalogue-mismatch" in err.value.hint
     assert output is None or not (output / "shards").exists()  # refused before any work
 
@@ -45,21 +46,21 @@ def test_one_renamed_title_is_named(tiny_export, toy_data_dir, tmp_path):
     one = _renamed_copy(toy_data_dir, tmp_path / "one", lambda i, t: "Another Song" if i == 17 else t)
     with pytest.raises(DataError, match=r"1 of 50 items, first at item id 17: 'Another Song' here, "
                                         r"'Item Romeo 17' in the model"):
-        run_eval(tiny_export[0], one, "test", limit=1, progress=False)
+        run_eval(EvalRequest(tiny_export[0], one, "test", limit=1), progress=False)
 
 
 def test_same_titles_in_the_movielens_layout_are_accepted(tiny_export, tmp_path):
     # u.item holds "Item Alpha 00 (1995)" with ids from 1: the same catalogue once parsed
     data = write_synthetic_dataset(tmp_path / "ml", layout="movielens")
-    summary = run_eval(tiny_export[0], data, "test", limit=1, progress=False)
+    summary = run_eval(EvalRequest(tiny_export[0], data, "test", limit=1), progress=False)
     assert summary["rows"] == 1 and "catalogue_mismatch" not in summary
     assert summary["catalogue_sha256"] == load_catalogue(data).fingerprint()
 
 
 def test_mismatch_can_be_allowed_and_is_recorded(tiny_export, renamed, tmp_path):
     out = tmp_path / "out"
-    summary = run_eval(tiny_export[1], renamed, "test", backend="ort", limit=2, output=out, threads=1,
-                       progress=False, allow_catalogue_mismatch=True)
+    summary = run_eval(EvalRequest(tiny_export[1], renamed, "test", backend="ort", limit=2, output=out, threads=1,
+                                   allow_catalogue_mismatch=True), progress=False)
     saved = json.loads((out / "summary.json").read_text())
     assert saved["catalogue_mismatch"] == summary["catalogue_mismatch"] == {
         "allowed": True, "items_differing": 50, "first_item_id": 0, "dataset_title": "Item Alpha 00 (remix)",
@@ -82,7 +83,7 @@ def test_cli_names_the_mismatch_and_the_override(tiny_export, renamed, tmp_path,
 def test_count_mismatch_cannot_be_allowed(tiny_export, tmp_path):
     data = write_synthetic_dataset(tmp_path / "big", num_items=60)
     with pytest.raises(DataError, match=r"catalogue has 60 items, the model's .* has 50"):
-        run_eval(tiny_export[0], data, "test", limit=1, progress=False, allow_catalogue_mismatch=True)
+        run_eval(EvalRequest(tiny_export[0], data, "test", limit=1, allow_catalogue_mismatch=True), progress=False)
 
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
@@ -90,8 +91,8 @@ def test_longer_histories_than_the_model_takes_are_refused(tiny_export, tmp_path
     data = write_synthetic_dataset(tmp_path / "long", seq_len=12)  # same catalogue, 12 history slots
     target = tiny_export[0] if backend == "torch" else tiny_export[1]
     with pytest.raises(DataError, match=r"Test_data.df: histories hold 12 items .*the model takes 10"):
-        run_eval(target, data, "test", backend=backend, limit=2, threads=1, progress=False,
-                 output=tmp_path / "out")
+        run_eval(EvalRequest(target, data, "test", backend=backend, limit=2, threads=1, output=tmp_path / "out"),
+                 progress=False)
     assert not (tmp_path / "out" / "shards").exists()
 
 
@@ -101,7 +102,7 @@ def test_eval_set_file_with_other_history_length_is_refused(tiny_export, tmp_pat
     data = write_synthetic_dataset(tmp_path / "short", seq_len=8)
     _, file = export_eval_set(data, "test", 0, tmp_path / "set.jsonl")
     with pytest.raises(DataError, match=r"set.jsonl: histories hold 8 items .*the model takes 10"):
-        run_eval(tiny_export[0], data, "test", eval_set=file, limit=1, progress=False)
+        run_eval(EvalRequest(tiny_export[0], data, "test", eval_set=file, limit=1), progress=False)
 
 
 def test_verify_refuses_another_catalogue_before_comparing(tiny_export, renamed):

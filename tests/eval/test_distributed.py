@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from ilora_export.errors import IloraError
-from ilora_export.eval.reference import run_eval
+from ilora_export.eval.request import EvalRequest
+from ilora_export.eval.run import run_eval
 from tests.factories import kill_eval_at_first_shard
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
@@ -14,21 +15,21 @@ pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install -
 ROWS, SHARD_ROWS = 48, 4
 
 
-def _common(tiny_export, toy_data_dir):
-    return dict(target=tiny_export[1], data_dir=toy_data_dir, split="train", backend="ort", limit=ROWS,
-                shard_rows=SHARD_ROWS, threads=1, batch_size=2, progress=False)
+def _request(tiny_export, toy_data_dir, **fields) -> EvalRequest:
+    return EvalRequest(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS, shard_rows=SHARD_ROWS,
+                       threads=1, batch_size=2, **fields)
 
 
 @pytest.fixture(scope="module")
 def single(tiny_export, toy_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "eval"
-    run_eval(output=out, **_common(tiny_export, toy_data_dir))
+    run_eval(_request(tiny_export, toy_data_dir, output=out), progress=False)
     return out
 
 
 def test_ray_local_mode_gives_the_single_process_answers(single, tiny_export, toy_data_dir, tmp_path):
     out = tmp_path / "ray"
-    summary = run_eval(output=out, ray=True, num_workers=2, **_common(tiny_export, toy_data_dir))
+    summary = run_eval(_request(tiny_export, toy_data_dir, output=out, ray=True, num_workers=2), progress=False)
     assert summary["ray"] and summary["ray_workers"] == 2 and summary["shards"] == ROWS // SHARD_ROWS
     assert (out / "predictions.csv").read_bytes() == (single / "predictions.csv").read_bytes()
     workers = _shard_workers(out)  # what each shard file records of the actor that wrote it
@@ -53,18 +54,43 @@ def test_killed_ray_run_resumes_to_the_uninterrupted_result(single, tiny_export,
             "--ray", "--num-workers", "1"]
     finished = kill_eval_at_first_shard(args, out, timeout=240)  # the driver and any Ray instance it started
     assert 1 <= finished < ROWS // SHARD_ROWS and not (out / "predictions.csv").exists()
-    resumed = run_eval(output=out, ray=True, num_workers=2, **_common(tiny_export, toy_data_dir))
+    resumed = run_eval(_request(tiny_export, toy_data_dir, output=out, ray=True, num_workers=2), progress=False)
     assert resumed["shards_resumed"] >= finished
     assert (out / "predictions.csv").read_bytes() == (single / "predictions.csv").read_bytes()
 
 
-def test_ray_needs_an_output_folder_and_the_ort_backend(tiny_export, toy_data_dir):
-    common = _common(tiny_export, toy_data_dir)
-    with pytest.raises(IloraError, match="output folder") as err:
-        run_eval(ray=True, **common)
-    assert "-o OUTPUT_DIR" in err.value.hint
-    with pytest.raises(IloraError, match="runs the ort backend"):
-        run_eval(**(common | {"backend": "torch"}), ray=True, output="unused")
+def test_actors_are_handed_the_request_and_the_rows_not_the_output_files(single, tiny_export, toy_data_dir,
+                                                                         tmp_path):
+    """ray_evaluate alone, on a folder that holds neither run.json nor evalset.jsonl and with the prompt
+    file gone: the actors evaluate from what they are given (the request, the store, the rows, the templates)."""
+    from ilora_export.data.evalset import read_eval_set
+    from ilora_export.data.prompts import default_templates, load_prompt_file
+    from ilora_export.eval.distributed import ray_evaluate
+    from ilora_export.eval.shards import RUN, ShardStore
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(t + "\n" for t in default_templates().templates), encoding="utf-8")
+    out = tmp_path / "given"
+    request = _request(tiny_export, toy_data_dir, output=out, ray=True, num_workers=2, prompt_file=prompts)
+    evalset = read_eval_set(single / "evalset.jsonl")
+    store = ShardStore.for_request(request, evalset)
+    store.open()
+    templates = load_prompt_file(prompts)
+    (out / RUN).unlink()
+    prompts.unlink()
+    used = ray_evaluate(request, store, evalset.rows, store.pending(), templates=templates)
+    assert sorted(p.name for p in out.iterdir()) == ["shards"]
+    records, _ = store.collect()
+    assert [r["row_id"] for r in records] == [r.row_id for r in evalset.rows]
+    assert _answers(single) == [r["answer"] for r in records]  # the default templates, as in the single run
+    assert used["ray_workers"] == 2 and used["ray_threads_per_worker"] == 1
+
+
+def _answers(out) -> list[str]:
+    import csv
+
+    with open(out / "predictions.csv", encoding="utf-8", newline="") as f:
+        return [row["answer"] for row in csv.DictReader(f)]
 
 
 def test_without_ray_the_hint_says_how_to_install(monkeypatch):

@@ -2,11 +2,13 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 
 from ilora_export.errors import IloraError
-from ilora_export.eval.reference import run_eval
+from ilora_export.eval.request import EvalRequest
+from ilora_export.eval.run import run_eval
 from ilora_export.eval.shards import SHARDS, ShardStore, plan_shards
 from tests.factories import kill_eval_at_first_shard
 
@@ -17,8 +19,8 @@ ROWS, SHARD_ROWS = 60, 4  # 15 shards of the toy train split
 
 
 def _eval(export, data, out, **kw):
-    return run_eval(export, data, "train", backend="ort", limit=ROWS, output=out, shard_rows=SHARD_ROWS,
-                    threads=1, batch_size=2, progress=False, **kw)
+    return run_eval(EvalRequest(export, data, "train", backend="ort", limit=ROWS, output=out, shard_rows=SHARD_ROWS,
+                                threads=1, batch_size=2, **kw), progress=False)
 
 
 def _predictions(out):
@@ -31,7 +33,7 @@ def whole(tiny_export, toy_data_dir, tmp_path_factory):
     _, export = tiny_export
     out = tmp_path_factory.mktemp("whole") / "eval"
     summary = _eval(export, toy_data_dir, out)
-    in_memory = run_eval(export, toy_data_dir, "train", backend="ort", limit=ROWS, threads=1, batch_size=2,
+    in_memory = run_eval(EvalRequest(export, toy_data_dir, "train", backend="ort", limit=ROWS, threads=1, batch_size=2),
                          progress=False)
     return out, summary, in_memory
 
@@ -70,11 +72,11 @@ def test_another_evaluation_is_not_mixed_into_the_folder(whole, tiny_export, toy
     out, _, _ = whole
     other = tmp_path / "other"
     _eval(tiny_export[1], toy_data_dir, other)
+    fewer = EvalRequest(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
+                        shard_rows=SHARD_ROWS, threads=1)
     with pytest.raises(IloraError, match="another evaluation .*evalset_sha256"):
-        run_eval(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
-                 shard_rows=SHARD_ROWS, threads=1, progress=False)
-    summary = run_eval(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
-                       shard_rows=SHARD_ROWS, threads=1, progress=False, restart=True)
+        run_eval(fewer, progress=False)
+    summary = run_eval(replace(fewer, restart=True), progress=False)
     assert summary["rows"] == ROWS - 1 and summary["shards_resumed"] == 0
     # a folder the caller owns (quickstart's): another evaluation is replaced, the same one resumed
     replaced = _eval(tiny_export[1], toy_data_dir, other, replace_other=True)

@@ -1,18 +1,24 @@
+"""``run_eval`` on a request: the files it writes, the summary, the CLI over it."""
+
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from ilora_export.data.evalset import read_eval_set
+from ilora_export.errors import IloraError
 from ilora_export.eval.metrics import judge
-from ilora_export.eval.reference import run_eval
+from ilora_export.eval.request import EvalRequest
+from ilora_export.eval.run import run_eval
 from tests.factories import cli_exit_code
 
 
 def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path):
     out = tmp_path / "eval"
-    summary = run_eval(tiny_run.checkpoint, toy_data_dir, "test", batch_size=4, output=out, progress=False)
+    summary = run_eval(EvalRequest(tiny_run.checkpoint, toy_data_dir, "test", batch_size=4, output=out), progress=False)
     rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
     assert len(rows) == summary["rows"] == 12
     saved = json.loads((out / "summary.json").read_text())
@@ -24,6 +30,21 @@ def test_eval_writes_per_sample_csv_and_summary(tiny_run, toy_data_dir, tmp_path
     assert [r.row_id for r in evalset.rows] == [int(r["row_id"]) for r in rows]
     hits = _sasrec_hits(tiny_run.checkpoint, evalset.rows)
     assert summary["sasrec_hit_ratio@1"] == hits / 12
+    assert summary["backend"] == "torch" and summary["batch_size"] == 4 and summary["shard_rows"] == 64
+
+
+def test_output_folder_is_fingerprinted_by_the_request_identity(tiny_run, toy_data_dir, tmp_path):
+    out = tmp_path / "eval"
+    request = EvalRequest(tiny_run.checkpoint, toy_data_dir, "test", limit=4, shard_rows=2, output=out)
+    first = run_eval(request, progress=False)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert run["identity"] == request.identity(read_eval_set(out / "evalset.jsonl"))
+    # fields the answers do not depend on: the finished shards are this evaluation's, none is redone
+    again = run_eval(replace(request, threads=1, batch_size=1, num_workers=3), progress=False)
+    assert again["shards_resumed"] == again["shards"] == 2 and again["threads"] == 1
+    assert {k: again[k] for k in ("valid", "correct", "rows")} == {k: first[k] for k in ("valid", "correct", "rows")}
+    with pytest.raises(IloraError, match=r"another evaluation \(differs in: shard_rows\)"):
+        run_eval(replace(request, shard_rows=1), progress=False)
 
 
 def _sasrec_hits(checkpoint, rows) -> int:
