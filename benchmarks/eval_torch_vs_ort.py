@@ -22,7 +22,7 @@ import torch
 from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
-from ilora_export.eval.reference import evaluate_backend
+from ilora_export.eval.answers import evaluate_backend
 from ilora_export.runtime.load import checkpoint_assets, load_export
 from ilora_export.runtime.ort_backend import OrtBackend
 from ilora_export.runtime.torch_backend import TorchBackend

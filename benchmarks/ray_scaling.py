@@ -40,7 +40,8 @@ def shard_seconds(out: Path) -> dict[str, float]:
 
 def main() -> None:
     from ilora_export.bench.suite import machine
-    from ilora_export.eval.reference import run_eval
+    from ilora_export.eval.request import EvalRequest
+    from ilora_export.eval.run import run_eval
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", required=True)
@@ -63,9 +64,10 @@ def main() -> None:
         for i, (name, use_ray, workers, threads) in enumerate(configs):
             out = Path(tmp) / str(i)
             t0 = time.perf_counter()
-            summary = run_eval(args.export, args.data, args.split, backend="ort", limit=args.limit, output=out,
-                               shard_rows=args.shard_rows, batch_size=args.batch_size, threads=threads,
-                               ray=use_ray, num_workers=workers, progress=False)
+            request = EvalRequest(args.export, args.data, args.split, backend="ort", limit=args.limit, output=out,
+                                  shard_rows=args.shard_rows, batch_size=args.batch_size, threads=threads,
+                                  ray=use_ray, num_workers=workers)
+            summary = run_eval(request, progress=False)
             wall = time.perf_counter() - t0
             busy = shard_seconds(out)
             predictions = (out / "predictions.csv").read_bytes()

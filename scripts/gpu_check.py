@@ -37,7 +37,7 @@ def main(argv=None):
 
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.runtime.load import open_backend
 
     evalset = build_eval_set(load_dataset(args.data), args.split, seed=0)

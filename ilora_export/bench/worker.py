@@ -66,7 +66,7 @@ def measure(spec: dict) -> dict:
     from ilora_export.bench.floor import measure_bandwidth_gbs
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.runtime.load import open_backend
 
     threads = spec["threads"]

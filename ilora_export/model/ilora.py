@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ilora_export.artifacts import bank
 from ilora_export.artifacts import tokens as T
 from ilora_export.model.gating import build_gate
 from ilora_export.model.moe_lora import ExpertGate, inject_moe_lora
@@ -79,7 +80,7 @@ class ILoRAModel(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Expert bank + gate + projector, keyed by their names in this model."""
-        keep = ("lora_A.", "lora_B.")
+        keep = tuple(f"{f}." for f in bank.FACTORS)  # the expert bank's named containers
         sd = {f"llm.{n}": p for n, p in self.llm.named_parameters() if any(k in n for k in keep)}
         sd |= {f"gate_net.{n}": t for n, t in self.gate_net.state_dict().items()}
         sd |= {f"projector.{n}": t for n, t in self.projector.state_dict().items()}

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ilora_export.artifacts.bank import lora_scaling
 from ilora_export.schema import opt
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,7 +36,7 @@ class AdapterSpec:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / (self.r / self.num_experts)
+        return lora_scaling(self.alpha, self.r, self.num_experts)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"scaling": self.scaling}

@@ -55,7 +55,7 @@ def _answers(export_dir, data_dir, *, limit: int) -> list[str]:
     thread, as the benchmark's workers)."""
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.runtime.load import open_backend
 
     evalset = build_eval_set(load_dataset(data_dir), "test", seed=0)

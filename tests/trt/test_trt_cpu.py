@@ -112,7 +112,7 @@ def test_trt_backend_answers_as_ort(tiny_export, toy_data_dir, tmp_path):
         pytest.skip("TensorRT is not importable (see docs/tensorrt.md)")
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.data.llara import load_dataset
-    from ilora_export.eval.reference import evaluate_backend
+    from ilora_export.eval.answers import evaluate_backend
     from ilora_export.runtime.load import open_backend
 
     eng = build_engines(tiny_export[1], tmp_path / "eng", limits=LIMITS, log=lambda m: None)
