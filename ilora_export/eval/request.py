@@ -16,8 +16,8 @@ from ilora_export.artifacts.kinds import MODEL_INDEXES, folder_kind
 from ilora_export.data.evalset import EvalSet, eval_set_bytes
 from ilora_export.errors import IloraError
 from ilora_export.fileio import sha256_file
+from ilora_export.runtime.load import BACKENDS
 
-BACKENDS = ("torch", "ort", "trt")
 DEVICES = ("cpu", "cuda")
 DEFAULT_SHARD_ROWS = 64
 
@@ -110,7 +110,7 @@ class EvalRequest:
                                 if getattr(self, name) is not None})
 
 
-_PATH_FIELDS = ("target", "data_dir", "eval_set", "prompt_file", "base_model", "bank", "output")
+_PATH_FIELDS = ("target", "data_dir", "eval_set", "prompt_file", "bank", "output")  # base_model may be a name
 
 
 def target_identity(target, bank=None) -> dict:

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ilora_export.artifacts.kinds import CHECKPOINT, TRAIN_STATE, of_kind
+from ilora_export.artifacts.kinds import CHECKPOINT, TRAIN_STATE, describe_folder, of_kind
 from ilora_export.errors import CheckpointError, DataError, IloraError
 from ilora_export.fileio import atomic_dir, atomic_path, check_replaceable, find_hash_problem, sha256_file
 from ilora_export.schema import build, opt
@@ -218,6 +218,9 @@ def _is_trainer_state(path: Path) -> bool:
     """A trainer state to replace: one intact, or one whose damaged files are still only ours."""
     return of_kind(TRAIN_STATE)(path) or all(p.name in (STATE, TRAINABLE, OPTIMIZER) and p.is_file()
                                               for p in path.iterdir())
+
+
+_is_trainer_state.describe = describe_folder  # a refusal names the files that are not ours
 
 
 def _state_hint(state_dir: Path) -> str:
