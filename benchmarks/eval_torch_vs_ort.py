@@ -44,11 +44,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     evalset = build_eval_set(load_dataset(args.data), args.split, seed=0)
     if args.limit:
-        evalset.rows = evalset.rows[:args.limit]
+        evalset.rows = evalset.rows[: args.limit]
     loaded = load_checkpoint(args.checkpoint)
     export = load_export(args.export)
-    runners = {"torch eager": (TorchBackend(loaded.model), checkpoint_assets(loaded)),
-               f"onnxruntime ({export.info.dtype})": (OrtBackend(export, threads=args.threads), export.assets)}
+    runners = {
+        "torch eager": (TorchBackend(loaded.model), checkpoint_assets(loaded)),
+        f"onnxruntime ({export.info.dtype})": (OrtBackend(export, threads=args.threads), export.assets),
+    }
     walls = {name: [] for name in runners}
     answers = {}
     for rep in range(args.repeats):
@@ -62,26 +64,44 @@ def main(argv=None):
     agree = sum(a == b for a, b in zip(answers[ref_name], answers[ort_name]))
     rows = len(evalset.rows)
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": __import__("os").cpu_count(), "threads": args.threads},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": __import__("os").cpu_count(),
+            "threads": args.threads,
+        },
         "versions": export.info.manifest["versions"] | {"torch_runtime": torch.__version__},
-        "split": args.split, "rows": rows, "batch_size": args.batch_size, "repeats": args.repeats,
-        "backends": {name: {"median_s": statistics.median(w), "min_s": min(w), "max_s": max(w),
-                            "rows_per_s": rows / statistics.median(w)} for name, w in walls.items()},
+        "split": args.split,
+        "rows": rows,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "backends": {
+            name: {
+                "median_s": statistics.median(w),
+                "min_s": min(w),
+                "max_s": max(w),
+                "rows_per_s": rows / statistics.median(w),
+            }
+            for name, w in walls.items()
+        },
         "speedup_ort_vs_torch": statistics.median(walls[ref_name]) / statistics.median(walls[ort_name]),
-        "answers_identical": agree, "answers_total": rows,
+        "answers_identical": agree,
+        "answers_total": rows,
     }
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_torch_vs_ort.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = (f"Full evaluation of {args.split} ({rows} rows, batch {args.batch_size}, {args.threads} threads, "
-             f"median of {args.repeats}), one run, same machine:")
-    lines = [title, "",
-             "| backend | median s | min s | max s | rows/s | vs torch |", "|---|---|---|---|---|---|"]
+    title = (
+        f"Full evaluation of {args.split} ({rows} rows, batch {args.batch_size}, {args.threads} threads, "
+        f"median of {args.repeats}), one run, same machine:"
+    )
+    lines = [title, "", "| backend | median s | min s | max s | rows/s | vs torch |", "|---|---|---|---|---|---|"]
     for name, b in result["backends"].items():
         ratio = statistics.median(walls[ref_name]) / b["median_s"]
-        lines.append(f"| {name} | {b['median_s']:.1f} | {b['min_s']:.1f} | {b['max_s']:.1f} | "
-                     f"{b['rows_per_s']:.2f} | {ratio:.2f}x |")
+        lines.append(
+            f"| {name} | {b['median_s']:.1f} | {b['min_s']:.1f} | {b['max_s']:.1f} | "
+            f"{b['rows_per_s']:.2f} | {ratio:.2f}x |"
+        )
     lines += ["", f"Answers identical: {agree}/{rows}.", ""]
     (out_dir / "eval_torch_vs_ort.md").write_text("\n".join(lines))
     print("\n".join(lines))

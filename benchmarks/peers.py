@@ -28,8 +28,15 @@ HERE = Path(__file__).resolve().parent
 # optimum-onnx needs transformers < 4.58; the onnxruntime-genai 0.18 builder needs transformers 5: two venvs
 PEER_VENVS = {
     "optimum": ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime", "numpy"],
-    "genai": ["torch==2.13.0", "transformers>=5,<6", "onnxruntime-genai==0.18.0", "onnx", "onnx-ir", "onnxruntime",
-              "numpy"],
+    "genai": [
+        "torch==2.13.0",
+        "transformers>=5,<6",
+        "onnxruntime-genai==0.18.0",
+        "onnx",
+        "onnx-ir",
+        "onnxruntime",
+        "numpy",
+    ],
 }
 
 
@@ -68,41 +75,84 @@ def main(argv=None):
 
     # ours first, then the peers, one after the other on the same machine
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"backend": "ort", "target": args.plain_export, "data": args.data, "split": "test", "limit": 1,
-                "threads": args.threads, "repeats": args.repeats, "eval_repeats": 1, "prompt_lengths": lengths,
-                "decode_past": args.decode_past, "decode_steps": args.decode_steps, "eval_batch_sizes": [],
-                "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())
-                ["adapter"]["num_experts"]}
+        spec = {
+            "backend": "ort",
+            "target": args.plain_export,
+            "data": args.data,
+            "split": "test",
+            "limit": 1,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "eval_repeats": 1,
+            "prompt_lengths": lengths,
+            "decode_past": args.decode_past,
+            "decode_steps": args.decode_steps,
+            "eval_batch_sizes": [],
+            "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())["adapter"][
+                "num_experts"
+            ],
+        }
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
-                       check=True, env=env)
+        subprocess.run(
+            [sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
+            check=True,
+            env=env,
+        )
         ours = json.loads((Path(tmp) / "ours.json").read_text())
     peers = {"rows": {}, "errors": {}}
     for group, packages in PEER_VENVS.items():
         python = ensure_venv(Path(f"{args.venv}-{group}"), packages)
         raw = out / f"peers-raw-{group}.json"
         work = Path(args.venv).parent / ".peers-work"
-        subprocess.run([str(python), str(HERE / "peers_inner.py"), str(base), str(work),
-                        str(args.threads), str(args.repeats), args.lengths, str(args.decode_past),
-                        str(args.decode_steps), str(raw), group], check=True, env=env)
+        subprocess.run(
+            [
+                str(python),
+                str(HERE / "peers_inner.py"),
+                str(base),
+                str(work),
+                str(args.threads),
+                str(args.repeats),
+                args.lengths,
+                str(args.decode_past),
+                str(args.decode_steps),
+                str(raw),
+                group,
+            ],
+            check=True,
+            env=env,
+        )
         part = json.loads(raw.read_text())
         peers["rows"] |= part["rows"]
         peers["errors"] |= part["errors"]
     rows = {"ours: ilora-export plain export, ORT": ours, **peers["rows"]}
-    report = {"threads": args.threads, "repeats": args.repeats, "decode_past": args.decode_past, "rows": rows,
-              "errors": peers["errors"], "base_model": str(base)}
+    report = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "decode_past": args.decode_past,
+        "rows": rows,
+        "errors": peers["errors"],
+        "base_model": str(base),
+    }
     (out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
     ref = ours["decode_ms_per_token"]["median"]
-    lines = [f"Plain base model, batch 1, {args.threads} threads, medians of {args.repeats} (min-max), decode at "
-             f"past {args.decode_past}; one run.", "",
-             "| row | " + " | ".join(f"prefill {n} ms" for n in lengths) + " | decode ms/token | decode vs ours |",
-             "|" + "---|" * (len(lengths) + 3)]
+    lines = [
+        f"Plain base model, batch 1, {args.threads} threads, medians of {args.repeats} (min-max), decode at "
+        f"past {args.decode_past}; one run.",
+        "",
+        "| row | " + " | ".join(f"prefill {n} ms" for n in lengths) + " | decode ms/token | decode vs ours |",
+        "|" + "---|" * (len(lengths) + 3),
+    ]
     for name, r in rows.items():
         d = r["decode_ms_per_token"]
-        lines.append(f"| {name} | " + " | ".join(
-            f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
-            f"{r['prefill_ms'][str(n)]['max']:.0f}]" for n in lengths)
-            + f" | {d['median']:.2f} [{d['min']:.2f}-{d['max']:.2f}] | {d['median'] / ref:.2f}x |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
+                f"{r['prefill_ms'][str(n)]['max']:.0f}]"
+                for n in lengths
+            )
+            + f" | {d['median']:.2f} [{d['min']:.2f}-{d['max']:.2f}] | {d['median'] / ref:.2f}x |"
+        )
     for name, err in peers["errors"].items():
         lines.append(f"\n{name}: not measured ({err})")
     (out / "peers.md").write_text("\n".join(lines) + "\n")

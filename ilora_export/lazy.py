@@ -22,6 +22,7 @@ def require(*modules: str, purpose: str, install: str = ONNX_EXTRA) -> ModuleTyp
         try:
             loaded.append(importlib.import_module(name))
         except ImportError as err:
-            raise IloraError(f"{purpose} needs {name}, which is not installed or does not import ({err})",
-                             install) from None
+            raise IloraError(
+                f"{purpose} needs {name}, which is not installed or does not import ({err})", install
+            ) from None
     return loaded[0]

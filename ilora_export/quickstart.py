@@ -15,8 +15,14 @@ from pathlib import Path
 from ilora_export.fileio import atomic_path, sha256_file
 
 
-def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = None, demo_data: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
+def run_quickstart(
+    recipe,
+    *,
+    limit: int | None = 100,
+    threads: int | None = None,
+    demo_data: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run the pipeline for a loaded Recipe; returns the summary (also written to OUTPUT_DIR/quickstart.json)."""
     from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.base.fetch import resolve_base_model
@@ -61,21 +67,46 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
         t = time.perf_counter()
         rows = f" (first {limit} rows)" if limit else ""
         log(f"[{i}/5] evaluate with {backend} on {recipe.data.eval_split}{rows}")
-        summaries[backend] = run_eval(EvalRequest(target, data, recipe.data.eval_split, backend=backend, limit=limit,
-                                                  threads=threads, output=out / f"eval-{backend}",
-                                                  replace_other=True))
+        summaries[backend] = run_eval(
+            EvalRequest(
+                target,
+                data,
+                recipe.data.eval_split,
+                backend=backend,
+                limit=limit,
+                threads=threads,
+                output=out / f"eval-{backend}",
+                replace_other=True,
+            )
+        )
         stages[f"eval_{backend}"] = time.perf_counter() - t
     answers = {}
     for b in summaries:
         with open(out / f"eval-{b}" / "predictions.csv", encoding="utf-8", newline="") as f:
             answers[b] = [row["answer"] for row in csv.DictReader(f)]
     same = sum(a == b for a, b in zip(answers["torch"], answers["ort"]))
-    summary = {"output_dir": str(out), "checkpoint": str(result.checkpoint), "export": str(export),
-               "split": recipe.data.eval_split, "rows": summaries["torch"]["rows"], "identical_rows": same,
-               "stages_seconds": {k: round(v, 1) for k, v in stages.items()},
-               "backends": {b: {k: s[k] for k in ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total",
-                                                   "sasrec_hit_ratio@1", "wall_seconds")}
-                            for b, s in summaries.items()}}
+    summary = {
+        "output_dir": str(out),
+        "checkpoint": str(result.checkpoint),
+        "export": str(export),
+        "split": recipe.data.eval_split,
+        "rows": summaries["torch"]["rows"],
+        "identical_rows": same,
+        "stages_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "backends": {
+            b: {
+                k: s[k]
+                for k in (
+                    "valid_ratio",
+                    "hit_ratio@1_of_valid",
+                    "hit_ratio@1_of_total",
+                    "sasrec_hit_ratio@1",
+                    "wall_seconds",
+                )
+            }
+            for b, s in summaries.items()
+        },
+    }
     with atomic_path(out / "quickstart.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -83,13 +114,20 @@ def run_quickstart(recipe, *, limit: int | None = 100, threads: int | None = Non
 
 def format_table(summary: dict) -> str:
     """The summary as the table `ilora-export quickstart` prints: identical answers, metrics per backend, stages."""
-    head = (f"{summary['split']} rows: {summary['rows']}; answers identical torch vs ort: "
-            f"{summary['identical_rows']}/{summary['rows']}")
-    rows = [head, "",
-            "| backend | ValidRatio | HitRatio@1 (valid) | HitRatio@1 (total) | SASRec HitRatio@1 | eval s |",
-            "|---|---|---|---|---|---|"]
+    head = (
+        f"{summary['split']} rows: {summary['rows']}; answers identical torch vs ort: "
+        f"{summary['identical_rows']}/{summary['rows']}"
+    )
+    rows = [
+        head,
+        "",
+        "| backend | ValidRatio | HitRatio@1 (valid) | HitRatio@1 (total) | SASRec HitRatio@1 | eval s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in summary["backends"].items():
-        rows.append(f"| {name} | {s['valid_ratio']:.4f} | {s['hit_ratio@1_of_valid']:.4f} | "
-                    f"{s['hit_ratio@1_of_total']:.4f} | {s['sasrec_hit_ratio@1']:.4f} | {s['wall_seconds']:.1f} |")
+        rows.append(
+            f"| {name} | {s['valid_ratio']:.4f} | {s['hit_ratio@1_of_valid']:.4f} | "
+            f"{s['hit_ratio@1_of_total']:.4f} | {s['sasrec_hit_ratio@1']:.4f} | {s['wall_seconds']:.1f} |"
+        )
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages_seconds"].items())
     return "\n".join(rows + ["", f"stages: {stages}"])

@@ -26,8 +26,14 @@ NO_VALUE = object()
 UnknownKey = Callable[[str, str, Sequence[str]], str]
 
 
-def _rules(*, choices: Sequence[Any] | None = None, ge: float | None = None, gt: float | None = None,
-           lt: float | None = None, nonempty: bool = False) -> dict[str, Any]:
+def _rules(
+    *,
+    choices: Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    nonempty: bool = False,
+) -> dict[str, Any]:
     """Field metadata checked by the validator once the value has the right type."""
     rules: dict[str, Any] = {}
     if choices is not None:
@@ -119,8 +125,11 @@ def _check_rules(value: Any, rules: Mapping[str, Any]) -> str | None:
         return "must not be empty"
     bounds = []
     failed = False
-    for name, op, ok in (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-                         ("lt", "<", lambda v, b: v < b)):
+    for name, op, ok in (
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("lt", "<", lambda v, b: v < b),
+    ):
         if name in rules:
             bounds.append(f"{op} {rules[name]}")
             failed = failed or not ok(value, rules[name])
@@ -137,8 +146,9 @@ _SCALARS = {
 }
 
 
-def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: UnknownKey, defaults: bool,
-             declared: Any = None) -> Any:
+def _convert(
+    tp: Any, value: Any, key: str, problems: list[str], unknown: UnknownKey, defaults: bool, declared: Any = None
+) -> Any:
     """``value`` checked against the type ``tp`` (and converted, int -> float); ``NO_VALUE`` on a problem.
 
     ``declared`` is the field's full type (``int | None``) when ``tp`` is its non-null part, for messages.
@@ -157,8 +167,10 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: Unknow
         if tp is dict:  # a free-form mapping
             return dict(value)
         if origin is list:
-            items = [_convert(typing.get_args(tp)[0], item, f"{key}[{i}]", problems, unknown, defaults)
-                     for i, item in enumerate(value)]
+            items = [
+                _convert(typing.get_args(tp)[0], item, f"{key}[{i}]", problems, unknown, defaults)
+                for i, item in enumerate(value)
+            ]
             return NO_VALUE if any(item is NO_VALUE for item in items) else items
         item_tp = typing.get_args(tp)[1]
         items = {k: _convert(item_tp, v, f"{key}[{k!r}]", problems, unknown, defaults) for k, v in value.items()}
@@ -179,8 +191,9 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], unknown: Unknow
     return value
 
 
-def build(cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: UnknownKey = close_key,
-          defaults: bool = True) -> Any:
+def build(
+    cls: type, raw: Any, prefix: str, problems: list[str], *, unknown: UnknownKey = close_key, defaults: bool = True
+) -> Any:
     """An instance of the dataclass ``cls`` from the mapping ``raw``; ``NO_VALUE`` if anything is wrong.
 
     Every problem (unknown and missing keys, types, value rules, cross checks) is appended to

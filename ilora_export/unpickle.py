@@ -41,8 +41,10 @@ __all__ = [
     "stand_ins",
 ]
 
-DEFAULT_HINT = ("The file may be malicious, or it holds an object this loader does not know. "
-                "Only load files from sources you trust; do not bypass the allowlist.")
+DEFAULT_HINT = (
+    "The file may be malicious, or it holds an object this loader does not know. "
+    "Only load files from sources you trust; do not bypass the allowlist."
+)
 
 #: ``setter(obj, state)``: give ``obj`` the pickled ``state`` or raise :class:`UnsafePickleError`.
 StateSetter = Callable[[Any, Any], None]
@@ -139,11 +141,12 @@ def set_dtype_state(dtype: Any, state: Any) -> None:
     stop numpy from reading object pointers out of raw bytes, so it must equal the dtype's own.
     """
     own = dtype.__reduce__()[2]
-    same = (isinstance(state, tuple) and len(state) == len(own) and state[:1] + state[2:] == own[:1] + own[2:])
+    same = isinstance(state, tuple) and len(state) == len(own) and state[:1] + state[2:] == own[:1] + own[2:]
     order_ok = same and (state[1] == own[1] if own[1] == "|" else state[1] in ("<", ">", "="))
     if not order_ok:
-        raise UnsafePickleError(f"refusing numpy dtype state {state!r} for {dtype} "
-                                "(only the byte order may differ from a plain dtype)")
+        raise UnsafePickleError(
+            f"refusing numpy dtype state {state!r} for {dtype} (only the byte order may differ from a plain dtype)"
+        )
     dtype.__setstate__(state)
 
 
@@ -155,8 +158,13 @@ def set_ndarray_state(array: Any, state: Any) -> None:
     import numpy as np
 
     # only the empty int8 placeholder numpy_reconstruct made (or one a BUILD left just like it)
-    fresh = (type(array) is np.ndarray and array.shape == (0,) and array.dtype == np.int8 and array.base is None
-             and array.flags.owndata)
+    fresh = (
+        type(array) is np.ndarray
+        and array.shape == (0,)
+        and array.dtype == np.int8
+        and array.base is None
+        and array.flags.owndata
+    )
     if not fresh or not isinstance(state, tuple) or len(state) != 5:
         raise UnsafePickleError("refusing to set the state of a numpy array twice or in an unknown form")
     dtype = state[2]
@@ -248,25 +256,35 @@ def _load_build(self: RestrictedUnpickler) -> None:
 class RestrictedUnpickler(pickle._Unpickler):  # the pure-python unpickler: BUILD can be overridden
     """Unpickle with only the globals of ``allowed`` and only the state setters of ``setters``.
 
-    ``allowed`` maps ``"module.name"`` (python 2 names normalised) to the object to use instead.
-    ``setters`` maps a type to the :data:`StateSetter` for its instances (and those of its subclasses);
-    stand-ins always take their state. ``persistent_load(pid)`` resolves persistent ids (torch storages);
-    without it a persistent id is refused. ``hint`` is the refusals' hint. Allowlisted functions and setters
-raise :class:`UnsafePickleError` without the file name; :meth:`load` adds it.
+        ``allowed`` maps ``"module.name"`` (python 2 names normalised) to the object to use instead.
+        ``setters`` maps a type to the :data:`StateSetter` for its instances (and those of its subclasses);
+        stand-ins always take their state. ``persistent_load(pid)`` resolves persistent ids (torch storages);
+        without it a persistent id is refused. ``hint`` is the refusals' hint. Allowlisted functions and setters
+    raise :class:`UnsafePickleError` without the file name; :meth:`load` adds it.
     """
 
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.BUILD[0]] = _load_build
 
-    def __init__(self, file: BinaryIO, *, allowed: Mapping[str, object], source: str,
-                 setters: Mapping[type, StateSetter] | None = None,
-                 persistent_load: Callable[[Any], object] | None = None,
-                 encoding: str = "utf-8", hint: str = DEFAULT_HINT):
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        allowed: Mapping[str, object],
+        source: str,
+        setters: Mapping[type, StateSetter] | None = None,
+        persistent_load: Callable[[Any], object] | None = None,
+        encoding: str = "utf-8",
+        hint: str = DEFAULT_HINT,
+    ):
         super().__init__(file, encoding=encoding)
         self.allowed = allowed
         self.source = source
-        self.setters: dict[type, StateSetter] = {PickledObject: _set_record_state, PickledDict: set_dict_state,
-                                                 **(setters or {})}
+        self.setters: dict[type, StateSetter] = {
+            PickledObject: _set_record_state,
+            PickledDict: set_dict_state,
+            **(setters or {}),
+        }
         self._persistent = persistent_load
         self.hint = hint
 
@@ -286,7 +304,8 @@ raise :class:`UnsafePickleError` without the file name; :meth:`load` adds it.
             return self.allowed[qualname]
         except KeyError:
             raise UnsafePickleError(
-                f"{self.source}: refusing to load global {qualname!r} (not in the allowlist)", hint=self.hint,
+                f"{self.source}: refusing to load global {qualname!r} (not in the allowlist)",
+                hint=self.hint,
             ) from None
 
     def load(self) -> object:

@@ -42,10 +42,18 @@ def main(argv=None):
 
     evalset = build_eval_set(load_dataset(args.data), args.split, seed=0)
     if args.limit:
-        evalset.rows = evalset.rows[:args.limit]
-    report = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
-                          "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available()
-                          else None}, "rows": len(evalset.rows), "runs": {}, "skipped": {}}
+        evalset.rows = evalset.rows[: args.limit]
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "rows": len(evalset.rows),
+        "runs": {},
+        "skipped": {},
+    }
 
     def run(name, opener):
         try:
@@ -54,10 +62,12 @@ def main(argv=None):
             load = time.perf_counter() - t0
             t0 = time.perf_counter()
             out = evaluate_backend(backend, assets, evalset, batch_size=args.batch_size, progress=True)
-            report["runs"][name] = {"load_s": round(load, 2), "eval_s": round(time.perf_counter() - t0, 2),
-                                    "answers": [r["answer"] for r in out.records],
-                                    "summary": {k: out.summary[k] for k in ("valid_ratio", "hit_ratio@1_of_valid",
-                                                                            "hit_ratio@1_of_total")}}
+            report["runs"][name] = {
+                "load_s": round(load, 2),
+                "eval_s": round(time.perf_counter() - t0, 2),
+                "answers": [r["answer"] for r in out.records],
+                "summary": {k: out.summary[k] for k in ("valid_ratio", "hit_ratio@1_of_valid", "hit_ratio@1_of_total")},
+            }
             print(f"{name}: {report['runs'][name]['eval_s']} s", flush=True)
         except Exception as err:  # noqa: BLE001 (one backend failing must not hide the others' results)
             report["skipped"][name] = f"{type(err).__name__}: {err}"
@@ -90,8 +100,10 @@ def main(argv=None):
             r["identical_to_torch_cpu"] = sum(a == b for a, b in zip(r["answers"], cpu))
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for name, r in report["runs"].items():
-        print(f"{name:<10} {r['eval_s']:>7} s  identical to torch-cuda: {r.get('identical_to_torch_cuda')}"
-              f"/{report['rows']}  {r['summary']}")
+        print(
+            f"{name:<10} {r['eval_s']:>7} s  identical to torch-cuda: {r.get('identical_to_torch_cuda')}"
+            f"/{report['rows']}  {r['summary']}"
+        )
     for name, why in report["skipped"].items():
         print(f"{name:<10} not run: {why}")
 

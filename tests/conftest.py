@@ -49,16 +49,26 @@ def tiny_recipe(tiny_llama_dir, data_dir, output_dir, **train):
     """A recipe over the tiny Llama and a synthetic dataset: seconds to run end to end."""
     from ilora_export.train.recipe import recipe_from_dict
 
-    return recipe_from_dict({
-        "output_dir": str(output_dir),
-        "base_model": str(tiny_llama_dir),
-        "seed": 3,
-        "data": {"root": str(data_dir), "eval_split": "test"},
-        "sasrec": {"hidden": 16, "epochs": 2, "batch_size": 64},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "num_experts": 4, "gate": "dense"},
-        "train": {"max_steps": 6, "batch_size": 2, "save_every": 3, "log_every": 1, "warmup_steps": 2,
-                  "lr": 1e-3, "eval_rows": 4} | train,
-    })
+    return recipe_from_dict(
+        {
+            "output_dir": str(output_dir),
+            "base_model": str(tiny_llama_dir),
+            "seed": 3,
+            "data": {"root": str(data_dir), "eval_split": "test"},
+            "sasrec": {"hidden": 16, "epochs": 2, "batch_size": 64},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "num_experts": 4, "gate": "dense"},
+            "train": {
+                "max_steps": 6,
+                "batch_size": 2,
+                "save_every": 3,
+                "log_every": 1,
+                "warmup_steps": 2,
+                "lr": 1e-3,
+                "eval_rows": 4,
+            }
+            | train,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

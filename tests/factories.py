@@ -38,8 +38,9 @@ def cli_exit_code(args) -> int:
     return 0
 
 
-def make_tiny_ilora(llama_dir, *, num_items: int = 50, num_experts: int = 4, gate: str = "dense",
-                    seed: int = 0, lora_std: float = 0.05) -> ILoRAModel:
+def make_tiny_ilora(
+    llama_dir, *, num_items: int = 50, num_experts: int = 4, gate: str = "dense", seed: int = 0, lora_std: float = 0.05
+) -> ILoRAModel:
     """A tiny iLoRA model whose expert bank is random (non-zero B), so the adapter matters."""
     llm, tokenizer = load_base_model(llama_dir)
     add_ilora_tokens(tokenizer, llm)
@@ -75,8 +76,14 @@ def make_tiny_checkpoint(llama_dir, data_dir, out, **kwargs):
     model = make_tiny_ilora(llama_dir, **kwargs)
     trained_like_layernorms(model.sasrec)
     catalogue = load_dataset(data_dir).catalogue
-    return save_checkpoint(model, out, base_model_ref=str(llama_dir), base_model_dir=Path(llama_dir),
-                           catalogue=catalogue, templates=default_templates())
+    return save_checkpoint(
+        model,
+        out,
+        base_model_ref=str(llama_dir),
+        base_model_dir=Path(llama_dir),
+        catalogue=catalogue,
+        templates=default_templates(),
+    )
 
 
 def kill_tree(pid: int) -> None:

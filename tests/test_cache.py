@@ -56,6 +56,7 @@ def no_network(*args, **kwargs):
 
 # --- cache_root ---------------------------------------------------------------------------------
 
+
 def test_cache_root_argument_then_env_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ILORA_EXPORT_CACHE", str(tmp_path / "env"))
     assert cache_root(tmp_path / "arg") == tmp_path / "arg"
@@ -67,6 +68,7 @@ def test_cache_root_argument_then_env_then_home(tmp_path, monkeypatch):
 
 
 # --- fetch_wheel --------------------------------------------------------------------------------
+
 
 def test_fetch_wheel_downloads_verifies_and_caches(tmp_path, good_wheel, monkeypatch):
     calls = []
@@ -119,6 +121,7 @@ def test_fetch_wheel_pip_failure_names_pypi_and_the_cache(tmp_path, monkeypatch)
 
 
 # --- extract_member -----------------------------------------------------------------------------
+
 
 def test_extract_member_to_file_and_folder(tmp_path, good_wheel):
     out = extract_member(good_wheel, "demo_pkg/data.txt", tmp_path / "x" / "d.txt", progress=False)

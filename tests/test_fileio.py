@@ -93,8 +93,9 @@ def test_abandoned_temporaries_are_cleaned_live_ones_kept(tmp_path):
     import sys
     import time
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     stale = tmp_path / f".out.tmp-{dead}-abc"
     (stale / "big").mkdir(parents=True)
     stale_old = tmp_path / f".out.old-{dead}-xyz"
@@ -129,8 +130,11 @@ def test_full_disk_is_one_output_error_and_leaves_nothing(full_disk_dir):
 
 
 def test_read_only_folder_is_one_output_error(readonly_dir):
-    for ctx in (atomic_dir(readonly_dir / "out"), atomic_path(readonly_dir / "sub" / "f.txt"),
-                atomic_path(readonly_dir / "f.txt")):
+    for ctx in (
+        atomic_dir(readonly_dir / "out"),
+        atomic_path(readonly_dir / "sub" / "f.txt"),
+        atomic_path(readonly_dir / "f.txt"),
+    ):
         with pytest.raises(OutputError, match="cannot write") as err:
             with ctx as tmp:
                 Path(tmp, "x").write_text("1") if tmp.is_dir() else tmp.write_text("1")

@@ -83,8 +83,9 @@ def _check_table(summary: dict) -> None:
     table = format_table(summary)
     lines = table.splitlines()
     rows = summary["rows"]
-    assert lines[0] == (f"{summary['split']} rows: {rows}; answers identical torch vs ort: "
-                        f"{summary['identical_rows']}/{rows}")
+    assert lines[0] == (
+        f"{summary['split']} rows: {rows}; answers identical torch vs ort: {summary['identical_rows']}/{rows}"
+    )
     rendered = _table_rows(table)
     assert list(rendered) == list(summary["backends"])
     for backend, numbers in rendered.items():
@@ -93,8 +94,7 @@ def _check_table(summary: dict) -> None:
         assert numbers[4] == pytest.approx(expected[4], abs=0.05)  # 1 decimal
     stages = lines[-1].removeprefix("stages: ").split(", ")
     assert [s.split(" ")[0] for s in stages] == list(summary["stages_seconds"])
-    assert [float(s.split(" ")[1]) for s in stages] == pytest.approx(list(summary["stages_seconds"].values()),
-                                                                      abs=0.5)
+    assert [float(s.split(" ")[1]) for s in stages] == pytest.approx(list(summary["stages_seconds"].values()), abs=0.5)
 
 
 def test_format_table_renders_the_summary(runs):
@@ -103,9 +103,16 @@ def test_format_table_renders_the_summary(runs):
 
 def test_format_table_puts_each_number_in_its_column():
     # every value distinct, so a number in the wrong column cannot go unnoticed
-    backends = {name: dict(zip(KEYS, (0.1 * i + 0.01 * k for k in range(1, 6)))) for i, name in
-                enumerate(("torch", "ort"), start=1)}
-    summary = {"split": "valid", "rows": 7, "identical_rows": 5, "backends": backends,
-               "stages_seconds": {"fetch": 1.0, "finetune": 12.0, "export": 3.0, "eval_torch": 4.0, "eval_ort": 2.0}}
+    backends = {
+        name: dict(zip(KEYS, (0.1 * i + 0.01 * k for k in range(1, 6))))
+        for i, name in enumerate(("torch", "ort"), start=1)
+    }
+    summary = {
+        "split": "valid",
+        "rows": 7,
+        "identical_rows": 5,
+        "backends": backends,
+        "stages_seconds": {"fetch": 1.0, "finetune": 12.0, "export": 3.0, "eval_torch": 4.0, "eval_ort": 2.0},
+    }
     _check_table(summary)
     assert format_table(summary).splitlines()[0] == "valid rows: 7; answers identical torch vs ort: 5/7"

@@ -37,6 +37,7 @@ _RANK_AXIS = {LORA_A: -1, LORA_B: -2}  # in the stored orientation: of a whole t
 
 # -- ranks and scaling ----------------------------------------------------------------------------
 
+
 def expert_rank(r: int, num_experts: int) -> int:
     """Ranks per expert, r / K; ValueError unless K divides r."""
     if r % num_experts:
@@ -50,6 +51,7 @@ def lora_scaling(alpha: float, r: int, num_experts: int) -> float:
 
 
 # -- names ----------------------------------------------------------------------------------------
+
 
 def bank_key(factor: str, projection: str) -> str:
     """``lora_A.<projection>`` / ``lora_B.<projection>``: a stored tensor's name."""
@@ -81,6 +83,7 @@ def bank_keys(projections: Iterable[str]) -> list[str]:
 
 def ordered_keys(keys: Iterable[str]) -> list[str]:
     """``keys`` in the layout's order: by projection, then A before B."""
+
     def order(key):
         factor, projection = parse_bank_key(key)
         return projection, FACTORS.index(factor)
@@ -119,6 +122,7 @@ def parameter_name(module: str, factor: str, adapter: str) -> str:
 
 # -- shapes and orientation -----------------------------------------------------------------------
 
+
 def layer_shape(factor: str, in_features: int, out_features: int, r: int) -> list[int]:
     """One layer's factor as the model holds it: A [r, in], B [out, r]."""
     return {LORA_A: [r, in_features], LORA_B: [out_features, r]}[factor]
@@ -150,6 +154,7 @@ def from_stored(stored):
 
 
 # -- graph inputs and the bank file ---------------------------------------------------------------
+
 
 def graph_input_shapes(shapes: Mapping[str, list[int]]) -> list[tuple[str, list[int]]]:
     """(graph input name, stored shape) of each key of ``shapes``, in the layout's order."""

@@ -54,36 +54,57 @@ class GraphContract:
         return next(t for t in self.inputs if t.name == name)
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs], "tolerance": dict(self.tolerance)}
+        return {
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "tolerance": dict(self.tolerance),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> GraphContract:
-        return cls(d["file"], tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]), dict(d.get("tolerance", {})))
+        return cls(
+            d["file"],
+            tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            dict(d.get("tolerance", {})),
+        )
 
     def check_session(self, session) -> None:
         """Raise ExportError unless an onnxruntime session's inputs/outputs match this contract."""
-        for kind, declared, actual in (("input", self.inputs, session.get_inputs()),
-                                       ("output", self.outputs, session.get_outputs())):
+        for kind, declared, actual in (
+            ("input", self.inputs, session.get_inputs()),
+            ("output", self.outputs, session.get_outputs()),
+        ):
             found = {a.name: a for a in actual}
             if [a.name for a in actual] != [t.name for t in declared]:
                 missing = [t.name for t in declared if t.name not in found]
                 extra = [n for n in found if n not in {t.name for t in declared}]
-                what = (f"missing {missing[:3]}, unexpected {extra[:3]}" if missing or extra else
-                        f"the same names in another order: {[a.name for a in actual][:4]}...")
-                raise ExportError(f"{self.file}: graph {kind}s differ from the manifest's contract ({what})",
-                                  "the graph and manifest.json come from different exports; export again")
+                what = (
+                    f"missing {missing[:3]}, unexpected {extra[:3]}"
+                    if missing or extra
+                    else f"the same names in another order: {[a.name for a in actual][:4]}..."
+                )
+                raise ExportError(
+                    f"{self.file}: graph {kind}s differ from the manifest's contract ({what})",
+                    "the graph and manifest.json come from different exports; export again",
+                )
             for t in declared:
                 a = found[t.name]
                 if a.type != f"tensor({_ort_type(t.dtype)})":
-                    raise ExportError(f"{self.file}: {kind} {t.name} is {a.type}, the contract says {t.dtype}",
-                                      "export again")
-                fixed = [(i, n, s) for i, (n, s) in enumerate(zip(t.axes, a.shape))
-                         if isinstance(n, int) and isinstance(s, int) and n != s]
+                    raise ExportError(
+                        f"{self.file}: {kind} {t.name} is {a.type}, the contract says {t.dtype}", "export again"
+                    )
+                fixed = [
+                    (i, n, s)
+                    for i, (n, s) in enumerate(zip(t.axes, a.shape))
+                    if isinstance(n, int) and isinstance(s, int) and n != s
+                ]
                 if len(a.shape) != len(t.axes) or fixed:
-                    raise ExportError(f"{self.file}: {kind} {t.name} has shape {a.shape}, the contract "
-                                      f"says {list(t.axes)}", "export again")
+                    raise ExportError(
+                        f"{self.file}: {kind} {t.name} has shape {a.shape}, the contract says {list(t.axes)}",
+                        "export again",
+                    )
 
 
 def _ort_type(dtype: str) -> str:
@@ -121,16 +142,20 @@ def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
 def decoder_contract(shape: ModelShape, dtype: str, *, bake_experts: bool) -> GraphContract:
     """inputs_embeds [B,S,H], attention_mask [B,T], position_ids [B,S], gate_weights [B,K], past, bank."""
     kv = ("batch", shape.num_kv_heads, "past_sequence", shape.head_dim)
-    inputs = [TensorSpec("inputs_embeds", dtype, ("batch", "sequence", shape.hidden_size)),
-              TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
-              TensorSpec("position_ids", "int64", ("batch", "sequence")),
-              TensorSpec("gate_weights", dtype, ("batch", shape.num_experts)),
-              *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers)]]
+    inputs = [
+        TensorSpec("inputs_embeds", dtype, ("batch", "sequence", shape.hidden_size)),
+        TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
+        TensorSpec("position_ids", "int64", ("batch", "sequence")),
+        TensorSpec("gate_weights", dtype, ("batch", shape.num_experts)),
+        *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers)],
+    ]
     if not bake_experts:
         inputs += [TensorSpec(name, dtype, tuple(dims)) for name, dims in graph_input_shapes(shape.bank_shapes)]
     present = ("batch", shape.num_kv_heads, "total_sequence", shape.head_dim)
-    outputs = [TensorSpec("logits", "float32", ("batch", 1, shape.vocab_size)),
-               *[TensorSpec(n, dtype, present) for n in past_names(shape.num_layers, "present")]]
+    outputs = [
+        TensorSpec("logits", "float32", ("batch", 1, shape.vocab_size)),
+        *[TensorSpec(n, dtype, present) for n in past_names(shape.num_layers, "present")],
+    ]
     return GraphContract(DECODER_FILE, tuple(inputs), tuple(outputs), {"logits": LOGITS_ATOL[dtype]})
 
 
@@ -138,10 +163,19 @@ def encoder_contract(shape: ModelShape) -> GraphContract:
     """seq [B,L], len_seq [B], items [B,N] -> gate_weights [B,K], item_embeds [B,N,H], item_scores [B,N].
 
     Always fp32: the runtime casts the outputs to the decoder's dtype."""
-    inputs = (TensorSpec("seq", "int64", ("batch", "history")), TensorSpec("len_seq", "int64", ("batch",)),
-              TensorSpec("items", "int64", ("batch", "items")))
-    outputs = (TensorSpec("gate_weights", "float32", ("batch", shape.num_experts)),
-               TensorSpec("item_embeds", "float32", ("batch", "items", shape.hidden_size)),
-               TensorSpec("item_scores", "float32", ("batch", "items")))
-    return GraphContract(ENCODER_FILE, inputs, outputs,
-                         {name: EMBEDS_ATOL["float32"] for name in ("gate_weights", "item_embeds", "item_scores")})
+    inputs = (
+        TensorSpec("seq", "int64", ("batch", "history")),
+        TensorSpec("len_seq", "int64", ("batch",)),
+        TensorSpec("items", "int64", ("batch", "items")),
+    )
+    outputs = (
+        TensorSpec("gate_weights", "float32", ("batch", shape.num_experts)),
+        TensorSpec("item_embeds", "float32", ("batch", "items", shape.hidden_size)),
+        TensorSpec("item_scores", "float32", ("batch", "items")),
+    )
+    return GraphContract(
+        ENCODER_FILE,
+        inputs,
+        outputs,
+        {name: EMBEDS_ATOL["float32"] for name in ("gate_weights", "item_embeds", "item_scores")},
+    )

@@ -35,8 +35,10 @@ def read_engines_index(folder) -> dict:
     """The index of an engines folder; :class:`IloraError` when it is absent, unreadable or names no export."""
     path = Path(folder) / ENGINES_INDEX
     if not path.is_file():
-        raise IloraError(f"{folder}: no {ENGINES_INDEX}; not an engines folder",
-                         "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)")
+        raise IloraError(
+            f"{folder}: no {ENGINES_INDEX}; not an engines folder",
+            "build engines first: ilora-export trt EXPORT_DIR (they go to EXPORT_DIR/trt)",
+        )
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):

@@ -116,8 +116,11 @@ def read_manifest(path, *, verify_files: bool = True) -> ExportInfo:
         raise ExportError(f"{file}: missing; {path} is not a complete export", _HINT) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ExportError(f"{file}: unreadable ({err})", _HINT) from None
-    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
-            or manifest.get("format_version") != FORMAT_VERSION):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
         raise ExportError(f"{file}: not an {FORMAT} v{FORMAT_VERSION} manifest", _HINT)
     check_manifest(manifest, file)
     info = ExportInfo(path, manifest)
@@ -132,11 +135,14 @@ def verify_export_files(info: ExportInfo, names=None) -> None:
     files = info.manifest["files"]
     problem = find_hash_problem(info.path, {k: files[k] for k in (files if names is None else names)})
     if problem and problem[1] == "missing":
-        raise ExportError(f"{problem[0]}: listed in manifest.json but missing",
-                          "the export is incomplete; export again")
+        raise ExportError(
+            f"{problem[0]}: listed in manifest.json but missing", "the export is incomplete; export again"
+        )
     if problem:
-        raise ExportError(f"{problem[0]}: sha256 does not match manifest.json (truncated or modified)",
-                          "the export is corrupt; export again")
+        raise ExportError(
+            f"{problem[0]}: sha256 does not match manifest.json (truncated or modified)",
+            "the export is corrupt; export again",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,10 +150,15 @@ def verify_export_files(info: ExportInfo, names=None) -> None:
 # against the sizes, dtype and bank mode
 
 
-_TENSOR_KEYS = (("name", lambda v: isinstance(v, str) and v != "", "a tensor name"),
-                ("dtype", lambda v: v in ("float32", "float16", "int64"), "'float32', 'float16' or 'int64'"),
-                ("axes", lambda v: isinstance(v, list) and all(isinstance(a, str) or _is_size(a) for a in v),
-                 "a list of sizes and axis names"))
+_TENSOR_KEYS = (
+    ("name", lambda v: isinstance(v, str) and v != "", "a tensor name"),
+    ("dtype", lambda v: v in ("float32", "float16", "int64"), "'float32', 'float16' or 'int64'"),
+    (
+        "axes",
+        lambda v: isinstance(v, list) and all(isinstance(a, str) or _is_size(a) for a in v),
+        "a list of sizes and axis names",
+    ),
+)
 
 
 def _is_size(v) -> bool:
@@ -289,8 +300,10 @@ def _consistency_problems(m: dict) -> list[str]:
     elif _tensors(decoder) == _tensors(decoder_contract(shape, other, bake_experts=bake)):
         problems.append(f"dtype: {dtype!r}, but graphs.decoder declares {other} inputs_embeds")
     elif _tensors(decoder) == _tensors(decoder_contract(shape, dtype, bake_experts=not bake)):
-        problems.append(f"bake_experts: {str(bake).lower()}, but graphs.decoder declares "
-                        f"{'no expert-bank inputs' if not bake else 'expert-bank inputs'}")
+        problems.append(
+            f"bake_experts: {str(bake).lower()}, but graphs.decoder declares "
+            f"{'no expert-bank inputs' if not bake else 'expert-bank inputs'}"
+        )
     else:
         problems.append(f"graphs.decoder: does not match model, dtype and bake_experts ({_difference(decoder, want)})")
     needed = [encoder.file, decoder.file, EMBEDDINGS, CATALOGUE, PROMPTS, *([] if bake else [BANK])]
@@ -340,15 +353,17 @@ def read_bank(file, info: ExportInfo) -> dict[str, np.ndarray]:
             raise ExportError(f"{file}: expert bank has {key}={meta[key]}, the export needs {want}", hint)
     expected = info.shape.bank_shapes
     if set(tensors) != set(expected):
-        raise ExportError(f"{file}: expert bank holds {sorted(tensors)[:4]}..., the export needs "
-                          f"{sorted(expected)[:4]}...", hint)
+        raise ExportError(
+            f"{file}: expert bank holds {sorted(tensors)[:4]}..., the export needs {sorted(expected)[:4]}...", hint
+        )
     dtype = np.dtype(info.dtype)
     for key, want in expected.items():
         got = tensors[key]
         if list(got.shape) != list(want):
             what = "layer count" if got.shape[LAYER_AXIS] != want[LAYER_AXIS] else "rank"
-            raise ExportError(f"{file}: {key} has shape {list(got.shape)}, the export needs {list(want)} "
-                              f"(wrong {what})", hint)
+            raise ExportError(
+                f"{file}: {key} has shape {list(got.shape)}, the export needs {list(want)} (wrong {what})", hint
+            )
         _check_finite(file, key, got, got)
         if got.dtype != dtype:
             with np.errstate(over="ignore"):
@@ -366,6 +381,8 @@ def _check_finite(file: Path, key: str, values: np.ndarray, stored: np.ndarray, 
     count, first = int(bad.sum()), [int(i) for i in np.argwhere(bad)[0]]
     noun = "value" if count == 1 else "values"
     what = f"non-finite {noun} (NaN or Inf)" if cast_to is None else f"{noun} beyond the {cast_to} range"
-    raise ExportError(f"{file}: {key} holds {count} {what}, first at {first} ({float(stored[tuple(first)])})",
-                      "the expert bank is damaged or comes from a diverged training run; use a bank exported "
-                      "from a checkpoint that evaluates correctly")
+    raise ExportError(
+        f"{file}: {key} holds {count} {what}, first at {first} ({float(stored[tuple(first)])})",
+        "the expert bank is damaged or comes from a diverged training run; use a bank exported "
+        "from a checkpoint that evaluates correctly",
+    )

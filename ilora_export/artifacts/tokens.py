@@ -29,8 +29,9 @@ class PlaceholderSlots(NamedTuple):
     item: np.ndarray  # [P] index into the L + N items
 
 
-def placeholder_slots(input_ids: np.ndarray, len_seq: np.ndarray, history_width: int, num_candidates: int,
-                      token_ids: dict[str, int]) -> PlaceholderSlots:
+def placeholder_slots(
+    input_ids: np.ndarray, len_seq: np.ndarray, history_width: int, num_candidates: int, token_ids: dict[str, int]
+) -> PlaceholderSlots:
     """The prompt's placeholders and the item each takes, in order, as the official code assigns them.
 
     input_ids [B, S] (any padding side); len_seq [B]: row b's first len_seq[b] history items are real; the

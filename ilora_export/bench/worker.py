@@ -74,19 +74,26 @@ def measure(spec: dict) -> dict:
     if spec.get("mode") == "pair":
         return measure_pair(spec)
     t0 = time.perf_counter()
-    backend, assets = open_backend(spec["target"], spec["backend"], threads=threads,
-                                   bank_mode=spec.get("bank_mode", "fused"))
+    backend, assets = open_backend(
+        spec["target"], spec["backend"], threads=threads, bank_mode=spec.get("bank_mode", "fused")
+    )
     load_s = time.perf_counter() - t0
     timer = _Timer(backend, assets, spec["num_experts"])
     # the bandwidth right before this row's timings: the host's share varies over a long run
-    result = {"load_s": load_s, "read_bandwidth_gbs": measure_bandwidth_gbs(threads), "prefill_ms": {},
-              "decode_ms_per_token": None, "eval": {}}
+    result = {
+        "load_s": load_s,
+        "read_bandwidth_gbs": measure_bandwidth_gbs(threads),
+        "prefill_ms": {},
+        "decode_ms_per_token": None,
+        "eval": {},
+    }
 
     for length in spec["prompt_lengths"]:
         timer.prefill(length)  # warm-up
         result["prefill_ms"][str(length)] = _stats([timer.prefill_ms(length) for _ in range(spec["repeats"])])
-    result["decode_ms_per_token"] = _stats([timer.decode_ms(spec["decode_past"], spec["decode_steps"])
-                                            for _ in range(spec["repeats"])])
+    result["decode_ms_per_token"] = _stats(
+        [timer.decode_ms(spec["decode_past"], spec["decode_steps"]) for _ in range(spec["repeats"])]
+    )
 
     evalset = build_eval_set(load_dataset(spec["data"]), spec["split"], seed=0)
     if spec.get("limit"):
@@ -98,8 +105,12 @@ def measure(spec: dict) -> dict:
             out = evaluate_backend(backend, assets, evalset, batch_size=bs, progress=False)
             walls.append(time.perf_counter() - t)
             answers = [r["answer"] for r in out.records]
-        result["eval"][str(bs)] = {"wall_s": _stats(walls), "rows": len(evalset.rows),
-                                   "rows_per_s": len(evalset.rows) / statistics.median(walls), "answers": answers}
+        result["eval"][str(bs)] = {
+            "wall_s": _stats(walls),
+            "rows": len(evalset.rows),
+            "rows_per_s": len(evalset.rows) / statistics.median(walls),
+            "answers": answers,
+        }
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -121,8 +132,13 @@ def measure_pair(spec: dict) -> dict:
         for i, t in enumerate(timers):
             decode[i].append(t.decode_ms(spec["decode_past"], spec["decode_steps"]))
             prefill[i].append(t.prefill_ms(longest))
-    return {"targets": spec["targets"], "rounds": spec["rounds"], "prompt_length": longest,
-            "decode_ms_per_token": [_stats(d) for d in decode], "prefill_ms": [_stats(p) for p in prefill]}
+    return {
+        "targets": spec["targets"],
+        "rounds": spec["rounds"],
+        "prompt_length": longest,
+        "decode_ms_per_token": [_stats(d) for d in decode],
+        "prefill_ms": [_stats(p) for p in prefill],
+    }
 
 
 def peak_rss_mb() -> float:

@@ -78,26 +78,32 @@ def non_finite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, float] | None:
     return None
 
 
-def save_checkpoint(model, path, *, base_model_ref: str, base_model_dir: Path, catalogue,
-                    templates, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    model, path, *, base_model_ref: str, base_model_dir: Path, catalogue, templates, extra: dict | None = None
+) -> Path:
     """Write ``model`` (an ILoRAModel) as a checkpoint directory at ``path``, atomically.
 
     Weights holding a NaN or an infinity are refused before anything is written."""
     path = Path(path)
-    tensors = {ADAPTER: _contiguous(model.adapter_state_dict()), ADDED_TOKENS: _contiguous(model.added_token_rows()),
-               SASREC: _contiguous(model.sasrec.state_dict())}
+    tensors = {
+        ADAPTER: _contiguous(model.adapter_state_dict()),
+        ADDED_TOKENS: _contiguous(model.added_token_rows()),
+        SASREC: _contiguous(model.sasrec.state_dict()),
+    }
     for part in tensors.values():
         if bad := non_finite(part):
-            raise CheckpointError(f"{path}: {bad[0]} holds non-finite values ({bad[1]}); not saved",
-                                  "the weights diverged (or their source is broken): lower the learning rate "
-                                  "and train again")
+            raise CheckpointError(
+                f"{path}: {bad[0]} holds non-finite values ({bad[1]}); not saved",
+                "the weights diverged (or their source is broken): lower the learning rate and train again",
+            )
     with atomic_dir(path, replaceable=of_kind(CHECKPOINT), what="a checkpoint") as tmp:
         for name, part in tensors.items():
             save_file(part, tmp / name)
         model.tokenizer.save_pretrained(tmp / TOKENIZER)
         titles = [catalogue.titles[i] for i in range(catalogue.num_items)]
-        (tmp / CATALOGUE).write_text(json.dumps({"pad_id": catalogue.pad_id, "titles": titles},
-                                                ensure_ascii=False), encoding="utf-8")
+        (tmp / CATALOGUE).write_text(
+            json.dumps({"pad_id": catalogue.pad_id, "titles": titles}, ensure_ascii=False), encoding="utf-8"
+        )
         (tmp / PROMPTS).write_text("".join(t + "\n" for t in templates.templates), encoding="utf-8")
         llm_cfg = model.llm.config
         config = {
@@ -180,8 +186,10 @@ class CheckpointInfo:
 
 
 _HINT = "point at a directory written by `ilora-export finetune` (its ckpt/ folder)"
-_CONFIG_HINT = ("config.json was edited or damaged: restore it, or run the same `ilora-export finetune` command "
-                "again to re-save the checkpoint from its trainer state")
+_CONFIG_HINT = (
+    "config.json was edited or damaged: restore it, or run the same `ilora-export finetune` command "
+    "again to re-save the checkpoint from its trainer state"
+)
 
 
 def _config_problems(config) -> list[str]:
@@ -200,16 +208,21 @@ def _other_folder(path: Path) -> CheckpointError | None:
     """The error for a folder that is something else than a checkpoint (an export, engines, a run)."""
     kind = folder_kind(path)
     if kind == EXPORT:
-        return CheckpointError(f"{path} is an ONNX export, not a checkpoint",
-                               f"evaluate an export with `ilora-export eval {path} --backend ort`; commands that "
-                               "read a checkpoint want the fine-tuning output's ckpt/ folder")
+        return CheckpointError(
+            f"{path} is an ONNX export, not a checkpoint",
+            f"evaluate an export with `ilora-export eval {path} --backend ort`; commands that "
+            "read a checkpoint want the fine-tuning output's ckpt/ folder",
+        )
     if kind == ENGINES:
-        return CheckpointError(f"{path} is a TensorRT engines folder, not a checkpoint",
-                               f"evaluate engines with `ilora-export eval {path} --backend trt`; commands "
-                               "that read a checkpoint want the fine-tuning output's ckpt/ folder")
+        return CheckpointError(
+            f"{path} is a TensorRT engines folder, not a checkpoint",
+            f"evaluate engines with `ilora-export eval {path} --backend trt`; commands "
+            "that read a checkpoint want the fine-tuning output's ckpt/ folder",
+        )
     if kind == FINETUNE_RUN or folder_kind(path / "ckpt") == CHECKPOINT:
-        return CheckpointError(f"{path} is a fine-tuning output folder, not a checkpoint",
-                               f"pass its checkpoint: {path / 'ckpt'}")
+        return CheckpointError(
+            f"{path} is a fine-tuning output folder, not a checkpoint", f"pass its checkpoint: {path / 'ckpt'}"
+        )
     return None
 
 
@@ -222,8 +235,9 @@ def read_checkpoint(path) -> CheckpointInfo:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise _other_folder(path) or CheckpointError(f"{cfg_path}: missing; {path} is not a complete checkpoint",
-                                                     _HINT) from None
+        raise _other_folder(path) or CheckpointError(
+            f"{cfg_path}: missing; {path} is not a complete checkpoint", _HINT
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{cfg_path}: unreadable ({err})", _HINT) from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
@@ -234,11 +248,14 @@ def read_checkpoint(path) -> CheckpointInfo:
         raise CheckpointError(f"{cfg_path}: {listed}", _CONFIG_HINT)
     problem = find_hash_problem(path, config["files"])
     if problem and problem[1] == "missing":
-        raise CheckpointError(f"{problem[0]}: listed in config.json but missing", "the checkpoint is incomplete; "
-                              "re-save it")
+        raise CheckpointError(
+            f"{problem[0]}: listed in config.json but missing", "the checkpoint is incomplete; re-save it"
+        )
     if problem:
-        raise CheckpointError(f"{problem[0]}: sha256 does not match config.json (truncated or modified)",
-                              "the checkpoint is corrupt; re-save it from training")
+        raise CheckpointError(
+            f"{problem[0]}: sha256 does not match config.json (truncated or modified)",
+            "the checkpoint is corrupt; re-save it from training",
+        )
     for required in (ADAPTER, ADDED_TOKENS, SASREC, CATALOGUE, PROMPTS, f"{TOKENIZER}/"):
         if not any(f == required or f.startswith(required) and required.endswith("/") for f in config["files"]):
             raise CheckpointError(f"{cfg_path}: files lists no {required}", _CONFIG_HINT)
@@ -268,7 +285,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors ({err})") from None
     if bad := non_finite(tensors):
-        raise CheckpointError(f"{path}: {bad[0]} holds non-finite values ({bad[1]})",
-                              "the weights diverged when they were trained; train again with a lower learning "
-                              "rate, or use an earlier checkpoint")
+        raise CheckpointError(
+            f"{path}: {bad[0]} holds non-finite values ({bad[1]})",
+            "the weights diverged when they were trained; train again with a lower learning "
+            "rate, or use an earlier checkpoint",
+        )
     return tensors

@@ -50,8 +50,9 @@ def _resolve_base(info: CheckpointInfo, base_model: str | None) -> Path:
     return resolve_base_model(recorded["ref"])
 
 
-def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> LoadedCheckpoint:
+def load_checkpoint(
+    path, *, base_model: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedCheckpoint:
     """Validate and load a checkpoint directory.
 
     ``base_model`` overrides the recorded base-model location (a local folder, or "default"); it must
@@ -69,20 +70,26 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
     base_dir = _resolve_base(info, base_model)
     llm, _ = load_base_model(base_dir, dtype=dtype, device="cpu")
     recorded = cfg["base_model"]
-    actual = {"hidden_size": llm.config.hidden_size, "num_hidden_layers": llm.config.num_hidden_layers,
-              "vocab_size_before_tokens": llm.get_input_embeddings().weight.shape[0]}
+    actual = {
+        "hidden_size": llm.config.hidden_size,
+        "num_hidden_layers": llm.config.num_hidden_layers,
+        "vocab_size_before_tokens": llm.get_input_embeddings().weight.shape[0],
+    }
     for key, have in actual.items():
         if recorded[key] != have:
             raise CheckpointError(
                 f"{info.path}: trained on a base model with {key}={recorded[key]}, but {base_dir} has {have}",
-                "pass the base model the checkpoint was trained on with --base-model")
+                "pass the base model the checkpoint was trained on with --base-model",
+            )
     fingerprint_ok = base_model_fingerprint(base_dir) == recorded["fingerprint"]
 
     tokenizer = AutoTokenizer.from_pretrained(info.path / TOKENIZER, local_files_only=True)
     tokenizer.padding_side = "left"
     if {k: tokenizer.convert_tokens_to_ids(k) for k in cfg["tokens"]} != cfg["tokens"]:
-        raise CheckpointError(f"{info.path / TOKENIZER}: special-token ids differ from config.json",
-                              "the checkpoint is inconsistent; re-save it")
+        raise CheckpointError(
+            f"{info.path / TOKENIZER}: special-token ids differ from config.json",
+            "the checkpoint is inconsistent; re-save it",
+        )
     llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
 
     sasrec = _build(lambda: SASRec(**cfg["sasrec"]), info.path / CONFIG, "sasrec")
@@ -103,9 +110,13 @@ def load_checkpoint(path, *, base_model: str | None = None, device: str = "cpu",
         for k, v in expected.items():
             v.copy_(adapter[k])
     rows = read_tensors(info.path / ADDED_TOKENS)
-    _check_shapes(model.added_token_rows(), rows, info.path / ADDED_TOKENS,
-                  f"the base model {base_dir} with the tokens of config.json",
-                  "pass the base model the checkpoint was trained on with --base-model")
+    _check_shapes(
+        model.added_token_rows(),
+        rows,
+        info.path / ADDED_TOKENS,
+        f"the base model {base_dir} with the tokens of config.json",
+        "pass the base model the checkpoint was trained on with --base-model",
+    )
     model.load_added_token_rows(rows)
     model.to(device=device).eval()
 
@@ -125,9 +136,11 @@ def _build(make, cfg_path: Path, section: str):
     try:
         return make()
     except ValueError as err:
-        raise CheckpointError(f"{cfg_path}: {section}: {err}",
-                              "config.json was edited or does not fit this base model: restore it, or pass the "
-                              "base model the checkpoint was trained on with --base-model") from None
+        raise CheckpointError(
+            f"{cfg_path}: {section}: {err}",
+            "config.json was edited or does not fit this base model: restore it, or pass the "
+            "base model the checkpoint was trained on with --base-model",
+        ) from None
 
 
 def _check_shapes(expected: dict, found: dict, where: Path, described_by: str, hint: str | None = None) -> None:
@@ -139,11 +152,14 @@ def _check_shapes(expected: dict, found: dict, where: Path, described_by: str, h
     if missing or unexpected:
         raise CheckpointError(
             f"{where}: the tensors do not match {described_by} ({len(missing)} missing, e.g. "
-            f"{missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})", hint)
+            f"{missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})",
+            hint,
+        )
     for k, t in expected.items():
         if tuple(found[k].shape) != tuple(t.shape):
             raise CheckpointError(
-                f"{where}: {k} has shape {tuple(found[k].shape)}, but {described_by} implies {tuple(t.shape)}", hint)
+                f"{where}: {k} has shape {tuple(found[k].shape)}, but {described_by} implies {tuple(t.shape)}", hint
+            )
 
 
 def _load_strict(module: torch.nn.Module, sd: dict, where: Path, described_by: str) -> None:

@@ -10,21 +10,46 @@ from ilora_export.cli.options import limit_option, threads_option
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=str))
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Dataset folder whose split is evaluated in full by every row.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Dataset folder whose split is evaluated in full by every row.",
+)
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True)
-@click.option("--checkpoint", type=click.Path(path_type=str), default=None,
-              help="The checkpoint the export came from (default: the path its manifest records).")
-@click.option("--rows", default=",".join(ROWS), show_default=True,
-              help="Comma-separated rows to measure (int8/int4: the export quantized by `ilora-export quantize`).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=str),
+    default=None,
+    help="The checkpoint the export came from (default: the path its manifest records).",
+)
+@click.option(
+    "--rows",
+    default=",".join(ROWS),
+    show_default=True,
+    help="Comma-separated rows to measure (int8/int4: the export quantized by `ilora-export quantize`).",
+)
 @threads_option
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Repeats of the latency measurements (medians, min/max reported).")
-@click.option("--eval-repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Repeats of each full evaluation.")
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Repeats of the latency measurements (medians, min/max reported).",
+)
+@click.option(
+    "--eval-repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Repeats of each full evaluation."
+)
 @limit_option
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=str), default="benchmarks/results",
-              show_default=True, help="Where bench.json, bench.md and bench.png go.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=str),
+    default="benchmarks/results",
+    show_default=True,
+    help="Where bench.json, bench.md and bench.png go.",
+)
 def bench(export_dir, data_dir, split, checkpoint, rows, threads, repeats, eval_repeats, limit, output):
     """Benchmark EXPORT_DIR against PyTorch eager and its own variants, side by side in one run.
 
@@ -35,8 +60,18 @@ def bench(export_dir, data_dir, split, checkpoint, rows, threads, repeats, eval_
     """
     from ilora_export.bench.suite import markdown, run_bench
 
-    report = run_bench(export_dir, data_dir, split=split, checkpoint=checkpoint,
-                       rows=tuple(r.strip() for r in rows.split(",") if r.strip()), threads=threads, repeats=repeats,
-                       eval_repeats=eval_repeats, limit=limit, output=output, log=click.echo)
+    report = run_bench(
+        export_dir,
+        data_dir,
+        split=split,
+        checkpoint=checkpoint,
+        rows=tuple(r.strip() for r in rows.split(",") if r.strip()),
+        threads=threads,
+        repeats=repeats,
+        eval_repeats=eval_repeats,
+        limit=limit,
+        output=output,
+        log=click.echo,
+    )
     click.echo("")
     click.echo(markdown(report))

@@ -20,5 +20,7 @@ def evalset(data_dir, split, seed, output):
     from ilora_export.data.evalset import export_eval_set
 
     result, path = export_eval_set(data_dir, split=split, seed=seed, output=output)
-    click.echo(f"Wrote {len(result.rows)} rows of {result.dataset}/{split} (seed {seed}, "
-               f"{result.num_candidates} candidates each) to {path}")
+    click.echo(
+        f"Wrote {len(result.rows)} rows of {result.dataset}/{split} (seed {seed}, "
+        f"{result.num_candidates} candidates each) to {path}"
+    )

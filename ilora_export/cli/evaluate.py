@@ -28,17 +28,25 @@ def format_summary(s: dict) -> str:
     ]
     mismatch = s.get("catalogue_mismatch")
     if mismatch:
-        lines.insert(0, f"catalogue            dataset titles differ from the model's in {mismatch['items_differing']} "
-                        "items; judged with the model's titles (--allow-catalogue-mismatch)")
+        lines.insert(
+            0,
+            f"catalogue            dataset titles differ from the model's in {mismatch['items_differing']} "
+            "items; judged with the model's titles (--allow-catalogue-mismatch)",
+        )
     return "\n".join(lines)
 
 
 @click.command(name="eval")
 @click.argument("target", type=click.Path(path_type=str))
 @data_options
-@click.option("--backend", type=click.Choice(["torch", "ort", "trt"]), default="torch", show_default=True,
-              help="torch: a checkpoint in PyTorch (the reference); ort: an export folder in onnxruntime; "
-                   "trt: an engines folder from `ilora-export trt` (TensorRT, CUDA).")
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "ort", "trt"]),
+    default="torch",
+    show_default=True,
+    help="torch: a checkpoint in PyTorch (the reference); ort: an export folder in onnxruntime; "
+    "trt: an engines folder from `ilora-export trt` (TensorRT, CUDA).",
+)
 @device_option
 @batch_size_option
 @limit_option
@@ -47,27 +55,68 @@ def format_summary(s: dict) -> str:
 @prompt_file_option
 @click.option("--base-model", default=None, help="Base-model folder, when not where the checkpoint recorded it.")
 @threads_option
-@click.option("--bank", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="ort: another expert bank (bank.safetensors of a compatible export) instead of the export's.")
+@click.option(
+    "--bank",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="ort: another expert bank (bank.safetensors of a compatible export) instead of the export's.",
+)
 @output_option
-@click.option("--shard-rows", type=click.IntRange(min=1), default=None,
-              help="Rows per result shard under -o (default 64). A killed run resumes at the first "
-                   "unfinished shard when run again with the same arguments.")
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per result shard under -o (default 64). A killed run resumes at the first "
+    "unfinished shard when run again with the same arguments.",
+)
 @click.option("--restart", is_flag=True, help="Discard the shards already in -o and evaluate from scratch.")
-@click.option("--ray", "use_ray", is_flag=True,
-              help="Evaluate the shards on Ray Data actors (one onnxruntime session each; needs -o, "
-                   "--backend ort and `pip install ilora-export[ray]`).")
-@click.option("--address", default=None,
-              help="Ray cluster address (default: a local Ray instance on this machine, or RAY_ADDRESS).")
-@click.option("--num-workers", type=click.IntRange(min=1), default=None,
-              help="Ray actors (default: the cluster's CPUs / --threads).")
-@click.option("--allow-catalogue-mismatch", is_flag=True,
-              help="Evaluate even when the dataset's item titles differ from the model's catalogue "
-                   "(catalogue.json of the checkpoint or export): prompts and judgements then use the "
-                   "model's titles, and summary.json records the mismatch. Item counts must still match.")
-def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, eval_set, prompt_file,
-             base_model, threads, bank, output, shard_rows, restart, use_ray, address, num_workers,
-             allow_catalogue_mismatch):
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Evaluate the shards on Ray Data actors (one onnxruntime session each; needs -o, "
+    "--backend ort and `pip install ilora-export[ray]`).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster address (default: a local Ray instance on this machine, or RAY_ADDRESS).",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray actors (default: the cluster's CPUs / --threads).",
+)
+@click.option(
+    "--allow-catalogue-mismatch",
+    is_flag=True,
+    help="Evaluate even when the dataset's item titles differ from the model's catalogue "
+    "(catalogue.json of the checkpoint or export): prompts and judgements then use the "
+    "model's titles, and summary.json records the mismatch. Item counts must still match.",
+)
+def evaluate(
+    target,
+    data_dir,
+    split,
+    backend,
+    device,
+    batch_size,
+    limit,
+    seed,
+    eval_set,
+    prompt_file,
+    base_model,
+    threads,
+    bank,
+    output,
+    shard_rows,
+    restart,
+    use_ray,
+    address,
+    num_workers,
+    allow_catalogue_mismatch,
+):
     """Evaluate TARGET: greedy answers, ValidRatio, HitRatio@1 (and the SASRec-only baseline).
 
     TARGET is a checkpoint folder (--backend torch) or an export folder from `ilora-export onnx`
@@ -85,11 +134,28 @@ def evaluate(target, data_dir, split, backend, device, batch_size, limit, seed, 
     from ilora_export.eval.request import EvalRequest
     from ilora_export.eval.run import run_eval
 
-    request = EvalRequest(target, data_dir, split, backend=backend, device=device, batch_size=batch_size, limit=limit,
-                          seed=seed, eval_set=eval_set, prompt_file=prompt_file, base_model=base_model,
-                          threads=threads, bank=bank, output=output, shard_rows=shard_rows, restart=restart,
-                          ray=use_ray, address=address, num_workers=num_workers,
-                          allow_catalogue_mismatch=allow_catalogue_mismatch)
+    request = EvalRequest(
+        target,
+        data_dir,
+        split,
+        backend=backend,
+        device=device,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        eval_set=eval_set,
+        prompt_file=prompt_file,
+        base_model=base_model,
+        threads=threads,
+        bank=bank,
+        output=output,
+        shard_rows=shard_rows,
+        restart=restart,
+        ray=use_ray,
+        address=address,
+        num_workers=num_workers,
+        allow_catalogue_mismatch=allow_catalogue_mismatch,
+    )
     summary = run_eval(request)
     click.echo(format_summary(summary))
     if output:

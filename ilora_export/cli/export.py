@@ -7,14 +7,27 @@ import click
 
 @click.command(name="onnx")
 @click.argument("checkpoint", type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Export folder to write (replaced atomically if it exists).")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Decoder precision. fp16 keeps RMSNorm, attention softmax and the logits in fp32 "
-                   "(the graph TensorRT's strongly typed mode consumes).")
-@click.option("--bake-experts", is_flag=True,
-              help="Embed the expert bank in the decoder as initializers instead of graph inputs "
-                   "(by default it is saved beside it as bank.safetensors and can be swapped).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Export folder to write (replaced atomically if it exists).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Decoder precision. fp16 keeps RMSNorm, attention softmax and the logits in fp32 "
+    "(the graph TensorRT's strongly typed mode consumes).",
+)
+@click.option(
+    "--bake-experts",
+    is_flag=True,
+    help="Embed the expert bank in the decoder as initializers instead of graph inputs "
+    "(by default it is saved beside it as bank.safetensors and can be swapped).",
+)
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check after export.")
 def export_onnx(checkpoint, output, dtype, bake_experts, no_validate):
     """Export CHECKPOINT to ONNX: encoder (SASRec + gate + projector) and decoder (LLM + MoE-LoRA + KV cache).
@@ -32,5 +45,6 @@ def export_onnx(checkpoint, output, dtype, bake_experts, no_validate):
     """
     from ilora_export.export.package import export_checkpoint
 
-    export_checkpoint(checkpoint, output, dtype=dtype, bake_experts=bake_experts, validate=not no_validate,
-                      log=click.echo)
+    export_checkpoint(
+        checkpoint, output, dtype=dtype, bake_experts=bake_experts, validate=not no_validate, log=click.echo
+    )

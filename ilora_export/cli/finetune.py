@@ -8,8 +8,11 @@ import click
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("overrides", nargs=-1)
-@click.option("--no-resume", is_flag=True,
-              help="Start over even if OUTPUT_DIR holds a trainer state (stage 1 is trained again too).")
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Start over even if OUTPUT_DIR holds a trainer state (stage 1 is trained again too).",
+)
 def finetune(recipe, overrides, no_resume):
     """Fine-tune iLoRA from a RECIPE (YAML), with optional KEY=VALUE OVERRIDES.
 
@@ -32,6 +35,8 @@ def finetune(recipe, overrides, no_resume):
     click.echo(f"checkpoint: {result.checkpoint}  ({result.steps} steps, {result.wall_seconds:.0f} s)")
     if result.eval_summary:
         s = result.eval_summary
-        click.echo(f"{s['split']} ({s['rows']} rows): ValidRatio {s['valid_ratio']:.4f}  "
-                   f"HitRatio@1 {s['hit_ratio@1_of_valid']:.4f} (of valid) / {s['hit_ratio@1_of_total']:.4f} "
-                   f"(of total)  SASRec {s['sasrec_hit_ratio@1']:.4f}")
+        click.echo(
+            f"{s['split']} ({s['rows']} rows): ValidRatio {s['valid_ratio']:.4f}  "
+            f"HitRatio@1 {s['hit_ratio@1_of_valid']:.4f} (of valid) / {s['hit_ratio@1_of_total']:.4f} "
+            f"(of total)  SASRec {s['sasrec_hit_ratio@1']:.4f}"
+        )

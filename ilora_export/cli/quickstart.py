@@ -10,8 +10,13 @@ from ilora_export.cli.options import threads_option
 @click.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=str), default="recipes/quickstart.yaml")
 @click.argument("overrides", nargs=-1)
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Evaluate the first N rows of the evaluation split with each backend.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Evaluate the first N rows of the evaluation split with each backend.",
+)
 @threads_option
 def quickstart(recipe, overrides, limit, threads):
     """The whole pipeline on the embedded default: fetch, fine-tune, export, evaluate with torch and ORT.

@@ -40,11 +40,11 @@ _REBUILD_HINT = "Rebuild it with `ilora-export evalset`."
 
 @dataclass(frozen=True)
 class EvalRow:
-    row_id: int                    # the row's position in the split file
-    seq: tuple[int, ...]           # padded history, as in the split
+    row_id: int  # the row's position in the split file
+    seq: tuple[int, ...]  # padded history, as in the split
     len_seq: int
     target: int
-    candidates: tuple[int, ...]    # target + sampled negatives, shuffled
+    candidates: tuple[int, ...]  # target + sampled negatives, shuffled
 
     @property
     def history(self) -> tuple[int, ...]:
@@ -58,16 +58,17 @@ class EvalSet:
     seed: int
     num_items: int
     pad_id: int
-    dataset: str          # the dataset folder's name
-    fingerprint: str      # sha256 of the split file the rows come from
+    dataset: str  # the dataset folder's name
+    fingerprint: str  # sha256 of the split file the rows come from
     num_candidates: int = NUM_CANDIDATES
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-def sample_candidates(history, target: int, num_items: int, rng: np.random.Generator,
-                      num_candidates: int = NUM_CANDIDATES) -> tuple[int, ...]:
+def sample_candidates(
+    history, target: int, num_items: int, rng: np.random.Generator, num_candidates: int = NUM_CANDIDATES
+) -> tuple[int, ...]:
     """``target`` plus ``num_candidates - 1`` items drawn uniformly without replacement from the
     items that are neither in ``history`` nor the target, in shuffled order."""
     allowed = np.ones(num_items, dtype=bool)
@@ -75,15 +76,16 @@ def sample_candidates(history, target: int, num_items: int, rng: np.random.Gener
     allowed[target] = False
     pool = np.flatnonzero(allowed)
     if pool.size < num_candidates - 1:
-        raise DataError(f"only {pool.size} items are left to sample {num_candidates - 1} negatives from",
-                        hint="The catalogue is too small for this many candidates.")
+        raise DataError(
+            f"only {pool.size} items are left to sample {num_candidates - 1} negatives from",
+            hint="The catalogue is too small for this many candidates.",
+        )
     candidates = np.append(rng.choice(pool, size=num_candidates - 1, replace=False), target)
     rng.shuffle(candidates)
     return tuple(int(c) for c in candidates)
 
 
-def build_eval_set(dataset: LlaraDataset, split: str, seed: int = 0,
-                   num_candidates: int = NUM_CANDIDATES) -> EvalSet:
+def build_eval_set(dataset: LlaraDataset, split: str, seed: int = 0, num_candidates: int = NUM_CANDIDATES) -> EvalSet:
     """Candidates for every row of ``split`` (rows with ``len_seq >= 3``)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}", hint="Use e.g. --seed 0.")
@@ -99,11 +101,21 @@ def build_eval_set(dataset: LlaraDataset, split: str, seed: int = 0,
             candidates = sample_candidates(seq[:len_seq], target, num_items, rng, num_candidates)
         except DataError as err:
             raise DataError(f"{dataset.split_path(split)}: row {row_id}: {err.message}", hint=err.hint) from None
-        rows.append(EvalRow(row_id=row_id, seq=tuple(int(s) for s in seq), len_seq=len_seq, target=target,
-                            candidates=candidates))
-    return EvalSet(rows=rows, split=split, seed=int(seed), num_items=num_items,
-                   pad_id=dataset.catalogue.pad_id, dataset=dataset.name,
-                   fingerprint=sha256_file(dataset.split_path(split)), num_candidates=num_candidates)
+        rows.append(
+            EvalRow(
+                row_id=row_id, seq=tuple(int(s) for s in seq), len_seq=len_seq, target=target, candidates=candidates
+            )
+        )
+    return EvalSet(
+        rows=rows,
+        split=split,
+        seed=int(seed),
+        num_items=num_items,
+        pad_id=dataset.catalogue.pad_id,
+        dataset=dataset.name,
+        fingerprint=sha256_file(dataset.split_path(split)),
+        num_candidates=num_candidates,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,15 +129,30 @@ def _dumps(obj) -> str:
 def eval_set_bytes(evalset: EvalSet) -> bytes:
     """``evalset`` serialized as JSON Lines (what :func:`write_eval_set` writes; deterministic)."""
     header = {
-        "format": FORMAT, "version": VERSION, "dataset": evalset.dataset, "split": evalset.split,
-        "seed": evalset.seed, "num_items": evalset.num_items, "pad_id": evalset.pad_id,
-        "num_candidates": evalset.num_candidates, "num_rows": len(evalset.rows),
+        "format": FORMAT,
+        "version": VERSION,
+        "dataset": evalset.dataset,
+        "split": evalset.split,
+        "seed": evalset.seed,
+        "num_items": evalset.num_items,
+        "pad_id": evalset.pad_id,
+        "num_candidates": evalset.num_candidates,
+        "num_rows": len(evalset.rows),
         "fingerprint": evalset.fingerprint,
     }
     lines = [_dumps(header)]
     for row in evalset.rows:
-        lines.append(_dumps({"row_id": row.row_id, "seq": list(row.seq), "len_seq": row.len_seq,
-                             "target": row.target, "candidates": list(row.candidates)}))
+        lines.append(
+            _dumps(
+                {
+                    "row_id": row.row_id,
+                    "seq": list(row.seq),
+                    "len_seq": row.len_seq,
+                    "target": row.target,
+                    "candidates": list(row.candidates),
+                }
+            )
+        )
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -137,8 +164,10 @@ def write_eval_set(evalset: EvalSet, path) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     except OSError as err:
-        raise DataError(f"{path}: cannot write the evaluation set ({err.strerror or err})",
-                        hint="Choose a writable output path with -o.") from None
+        raise DataError(
+            f"{path}: cannot write the evaluation set ({err.strerror or err})",
+            hint="Choose a writable output path with -o.",
+        ) from None
     return path
 
 
@@ -158,8 +187,10 @@ def _parse_header(path: Path, line: str) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DataError(f"{path}: not an evaluation set (line 1 is not an {FORMAT} header)", hint=_REBUILD_HINT)
     if header.get("version") != VERSION:
-        raise DataError(f"{path}: evaluation set version {header.get('version')!r} is not supported "
-                        f"(expected {VERSION})", hint=_REBUILD_HINT)
+        raise DataError(
+            f"{path}: evaluation set version {header.get('version')!r} is not supported (expected {VERSION})",
+            hint=_REBUILD_HINT,
+        )
     for key in _HEADER_INTS:
         if not _is_int(header.get(key)):
             raise DataError(f"{path}: header field '{key}' is missing or not an integer", hint=_REBUILD_HINT)
@@ -199,8 +230,7 @@ def _parse_row(path: Path, lineno: int, line: str, header: dict, state_size: int
     for item in (*seq[:len_seq], *candidates):
         if not 0 <= item < num_items:
             raise DataError(f"{where}: {_describe_bad_id(item, num_items)}", hint=_REBUILD_HINT)
-    return EvalRow(row_id=obj["row_id"], seq=tuple(seq), len_seq=len_seq, target=target,
-                   candidates=tuple(candidates))
+    return EvalRow(row_id=obj["row_id"], seq=tuple(seq), len_seq=len_seq, target=target, candidates=tuple(candidates))
 
 
 def read_eval_set(path, catalogue: Catalogue | None = None) -> EvalSet:
@@ -220,12 +250,15 @@ def read_eval_set(path, catalogue: Catalogue | None = None) -> EvalSet:
     lines.pop()
     header = _parse_header(path, lines[0])
     if header["pad_id"] != header["num_items"]:
-        raise DataError(f"{path}: pad_id {header['pad_id']} differs from num_items {header['num_items']}",
-                        hint=_REBUILD_HINT)
+        raise DataError(
+            f"{path}: pad_id {header['pad_id']} differs from num_items {header['num_items']}", hint=_REBUILD_HINT
+        )
     if catalogue is not None and header["num_items"] != catalogue.num_items:
-        raise DataError(f"{path}: built for a catalogue of {header['num_items']} items, "
-                        f"{catalogue.source} has {catalogue.num_items}",
-                        hint="Use the evaluation set built from this dataset. " + _REBUILD_HINT)
+        raise DataError(
+            f"{path}: built for a catalogue of {header['num_items']} items, "
+            f"{catalogue.source} has {catalogue.num_items}",
+            hint="Use the evaluation set built from this dataset. " + _REBUILD_HINT,
+        )
     rows: list[EvalRow] = []
     seen: set[int] = set()
     for lineno, line in enumerate(lines[1:], start=2):
@@ -235,17 +268,26 @@ def read_eval_set(path, catalogue: Catalogue | None = None) -> EvalSet:
         seen.add(row.row_id)
         rows.append(row)
     if len(rows) != header["num_rows"]:
-        raise DataError(f"{path}: truncated ({len(rows)} rows, the header says {header['num_rows']})",
-                        hint=_REBUILD_HINT)
+        raise DataError(
+            f"{path}: truncated ({len(rows)} rows, the header says {header['num_rows']})", hint=_REBUILD_HINT
+        )
     if not rows:
         raise DataError(f"{path}: the evaluation set has no rows", hint=_REBUILD_HINT)
-    return EvalSet(rows=rows, split=header["split"], seed=header["seed"], num_items=header["num_items"],
-                   pad_id=header["pad_id"], dataset=header["dataset"], fingerprint=header["fingerprint"],
-                   num_candidates=header["num_candidates"])
+    return EvalSet(
+        rows=rows,
+        split=header["split"],
+        seed=header["seed"],
+        num_items=header["num_items"],
+        pad_id=header["pad_id"],
+        dataset=header["dataset"],
+        fingerprint=header["fingerprint"],
+        num_candidates=header["num_candidates"],
+    )
 
 
-def load_or_build_eval_set(dataset: LlaraDataset, split: str, seed: int, path: Path | None,
-                           num_candidates: int = NUM_CANDIDATES) -> EvalSet:
+def load_or_build_eval_set(
+    dataset: LlaraDataset, split: str, seed: int, path: Path | None, num_candidates: int = NUM_CANDIDATES
+) -> EvalSet:
     """The evaluation set at ``path`` if it exists (checked against ``dataset``, ``split``, ``seed``),
     else build it and, when ``path`` is given, write it there."""
     if path is None:
@@ -263,8 +305,10 @@ def load_or_build_eval_set(dataset: LlaraDataset, split: str, seed: int, path: P
             raise DataError(f"{path}: built with {key} {have!r}, not {want!r}", hint=stale_hint)
     split_file = dataset.split_path(split)
     if not split_file.is_file():
-        raise DataError(f"{split_file}: split file not found (needed to check {path})",
-                        hint="Point --data at the dataset the evaluation set was built from.")
+        raise DataError(
+            f"{split_file}: split file not found (needed to check {path})",
+            hint="Point --data at the dataset the evaluation set was built from.",
+        )
     if evalset.fingerprint != sha256_file(split_file):
         raise DataError(f"{path}: built from another version of {split_file} (sha256 differs)", hint=stale_hint)
     return evalset
@@ -274,8 +318,9 @@ def load_or_build_eval_set(dataset: LlaraDataset, split: str, seed: int, path: P
 # Does an evaluation set fit a model?
 
 
-def check_catalogue(dataset: Catalogue, model: Catalogue, *, allow_mismatch: bool = False,
-                    override: str | None = None) -> dict:
+def check_catalogue(
+    dataset: Catalogue, model: Catalogue, *, allow_mismatch: bool = False, override: str | None = None
+) -> dict:
     """Refuse a dataset whose catalogue is not the model's (``catalogue.json`` of its checkpoint or
     export): prompts and answers use the model's titles, so other titles would be judged against
     names the dataset does not have. Item counts must match (the padding id is the item count);
@@ -287,24 +332,35 @@ def check_catalogue(dataset: Catalogue, model: Catalogue, *, allow_mismatch: boo
     ``catalogue_mismatch``.
     """
     if dataset.num_items != model.num_items:
-        raise DataError(f"{dataset.source}: catalogue has {dataset.num_items} items, the model's "
-                        f"({model.source}) has {model.num_items}",
-                        hint="Evaluate with the dataset the model was trained on: item ids and the padding id "
-                             "must be the model's.")
+        raise DataError(
+            f"{dataset.source}: catalogue has {dataset.num_items} items, the model's "
+            f"({model.source}) has {model.num_items}",
+            hint="Evaluate with the dataset the model was trained on: item ids and the padding id must be the model's.",
+        )
     have, want = dataset.fingerprint(), model.fingerprint()
     if have == want:
         return {"catalogue_sha256": want}
     differ = [i for i in sorted(model.titles) if dataset.titles[i] != model.titles[i]]
     first = differ[0]
     if not allow_mismatch:
-        raise DataError(f"{dataset.source}: catalogue differs from the model's ({model.source}) in {len(differ)} "
-                        f"of {model.num_items} items, first at item id {first}: {dataset.titles[first]!r} here, "
-                        f"{model.titles[first]!r} in the model",
-                        hint="Evaluate with the dataset the model was trained on"
-                             + (f", or pass {override} to evaluate with the model's titles." if override else "."))
-    return {"catalogue_sha256": want, "catalogue_mismatch": {
-        "allowed": True, "items_differing": len(differ), "first_item_id": first,
-        "dataset_title": dataset.titles[first], "model_title": model.titles[first], "dataset_sha256": have}}
+        raise DataError(
+            f"{dataset.source}: catalogue differs from the model's ({model.source}) in {len(differ)} "
+            f"of {model.num_items} items, first at item id {first}: {dataset.titles[first]!r} here, "
+            f"{model.titles[first]!r} in the model",
+            hint="Evaluate with the dataset the model was trained on"
+            + (f", or pass {override} to evaluate with the model's titles." if override else "."),
+        )
+    return {
+        "catalogue_sha256": want,
+        "catalogue_mismatch": {
+            "allowed": True,
+            "items_differing": len(differ),
+            "first_item_id": first,
+            "dataset_title": dataset.titles[first],
+            "model_title": model.titles[first],
+            "dataset_sha256": have,
+        },
+    }
 
 
 def check_history_length(evalset: EvalSet, state_size: int, source) -> None:
@@ -312,10 +368,11 @@ def check_history_length(evalset: EvalSet, state_size: int, source) -> None:
     SASRec has exactly that many positions. ``source`` names the file the rows come from."""
     length = len(evalset.rows[0].seq) if evalset.rows else state_size
     if length != state_size:
-        raise DataError(f"{source}: histories hold {length} items ('seq' length), the model takes {state_size} "
-                        "(its SASRec state size)",
-                        hint="Evaluate with the dataset the model was trained on, or one written with the same "
-                             "state size.")
+        raise DataError(
+            f"{source}: histories hold {length} items ('seq' length), the model takes {state_size} "
+            "(its SASRec state size)",
+            hint="Evaluate with the dataset the model was trained on, or one written with the same state size.",
+        )
 
 
 def export_eval_set(data_dir, split: str = "test", seed: int = 0, output=None) -> tuple[EvalSet, Path]:

@@ -46,8 +46,10 @@ from ilora_export.unpickle import (
 
 __all__ = ["FRAME_ALLOWED", "HINT", "load_frame_pickle"]
 
-HINT = ("The file may be malicious, or it holds an object a dataset split does not need. "
-        "Only use dataset files from sources you trust; do not bypass the allowlist.")
+HINT = (
+    "The file may be malicious, or it holds an object a dataset split does not need. "
+    "Only use dataset files from sources you trust; do not bypass the allowlist."
+)
 
 
 # ------------------------------------------------------------------ classes a pickle may name
@@ -81,8 +83,9 @@ def _check_placements(placements: Sequence[BlockPlacement], num_columns: int) ->
         held = np.sort(np.concatenate([p.as_array for p in placements])) if placements else np.empty(0, np.intp)
         if np.array_equal(held, np.arange(num_columns)):
             return
-    raise UnsafePickleError(f"refusing a frame whose blocks do not hold each of its {num_columns} "
-                            "column positions exactly once")
+    raise UnsafePickleError(
+        f"refusing a frame whose blocks do not hold each of its {num_columns} column positions exactly once"
+    )
 
 
 class _BlockManagerMaker:
@@ -171,8 +174,9 @@ def _arrow_buffer(data: Any):
 def _is_string_type(arrow_type: Any) -> bool:
     import pyarrow as pa
 
-    return isinstance(arrow_type, pa.DataType) and (pa.types.is_string(arrow_type) or
-                                                     pa.types.is_large_string(arrow_type))
+    return isinstance(arrow_type, pa.DataType) and (
+        pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    )
 
 
 def _arrow_array(data: Any):
@@ -182,11 +186,18 @@ def _arrow_array(data: Any):
     ok = isinstance(data, tuple) and len(data) == 7
     if ok:
         arrow_type, length, null_count, offset, buffers, children, dictionary = data
-        ok = (_is_string_type(arrow_type) and all(type(n) is int for n in (length, null_count, offset))
-              and min(length, offset) >= 0 and null_count >= -1 and children == [] and dictionary is None
-              and isinstance(buffers, list) and len(buffers) == 3
-              and (buffers[0] is None or isinstance(buffers[0], pa.Buffer))
-              and all(isinstance(b, pa.Buffer) for b in buffers[1:]))
+        ok = (
+            _is_string_type(arrow_type)
+            and all(type(n) is int for n in (length, null_count, offset))
+            and min(length, offset) >= 0
+            and null_count >= -1
+            and children == []
+            and dictionary is None
+            and isinstance(buffers, list)
+            and len(buffers) == 3
+            and (buffers[0] is None or isinstance(buffers[0], pa.Buffer))
+            and all(isinstance(b, pa.Buffer) for b in buffers[1:])
+        )
     if not ok:
         raise UnsafePickleError("refusing pyarrow array record (only plain string arrays)")
     array = pa.lib._restore_array(data)
@@ -299,8 +310,7 @@ FRAME_ALLOWED: dict[str, object] = {
     **_names(_INDEX, "pandas.Index", "pandas.core.indexes.base.Index"),
     **_names(_RANGE_INDEX, "pandas.RangeIndex", "pandas.core.indexes.range.RangeIndex"),
     **_names(_string_dtype, "pandas.StringDtype", "pandas.core.arrays.string_.StringDtype"),
-    **_names(_EmptyArrowStrings, "pandas.arrays.ArrowStringArray",
-             "pandas.core.arrays.string_arrow.ArrowStringArray"),
+    **_names(_EmptyArrowStrings, "pandas.arrays.ArrowStringArray", "pandas.core.arrays.string_arrow.ArrowStringArray"),
     **_names(_STRING_ARRAY, "pandas.arrays.StringArray", "pandas.core.arrays.string_.StringArray"),
     **_names(_empty_string_array, "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked"),
     **_names(pd.NA, "pandas.NA", "pandas._libs.missing.NA"),
@@ -318,8 +328,7 @@ FRAME_ALLOWED: dict[str, object] = {
     **_names(bytearray, "builtins.bytearray"),
     **_names(codecs_encode, "_codecs.encode"),
 }
-FRAME_ALLOWED.update({name: value for name, value in _older_names(FRAME_ALLOWED).items()
-                      if name not in FRAME_ALLOWED})
+FRAME_ALLOWED.update({name: value for name, value in _older_names(FRAME_ALLOWED).items() if name not in FRAME_ALLOWED})
 
 
 def load_frame_pickle(path: str | Path) -> object:
@@ -329,8 +338,9 @@ def load_frame_pickle(path: str | Path) -> object:
     exceptions (truncated or corrupt files) propagate for the caller to word.
     """
     with open(path, "rb") as file:
-        obj = RestrictedUnpickler(file, allowed=FRAME_ALLOWED, source=str(path), setters=_SETTERS,
-                                  encoding="latin1", hint=HINT).load()
+        obj = RestrictedUnpickler(
+            file, allowed=FRAME_ALLOWED, source=str(path), setters=_SETTERS, encoding="latin1", hint=HINT
+        ).load()
     if isinstance(obj, pd.DataFrame) and "_mgr" not in obj.__dict__:
         raise UnsafePickleError(f"{path}: the pickled DataFrame was never given its data", hint=HINT)
     return obj

@@ -36,8 +36,10 @@ ID2NAME_FILE = "id2name.txt"
 UITEM_FILE = "u.item"
 REQUIRED_COLUMNS = ("seq", "len_seq", "next")
 
-_LAYOUT_HINT = ("A dataset folder holds id2name.txt (or a MovieLens u.item) plus train_data.df, "
-                "Val_data.df and Test_data.df in the LLaRA layout.")
+_LAYOUT_HINT = (
+    "A dataset folder holds id2name.txt (or a MovieLens u.item) plus train_data.df, "
+    "Val_data.df and Test_data.df in the LLaRA layout."
+)
 _SPLIT_HINT = "Split files are pandas DataFrames saved with DataFrame.to_pickle."
 
 
@@ -71,12 +73,13 @@ class Catalogue:
         if arr.size == 0:
             return
         if not np.issubdtype(arr.dtype, np.integer):
-            raise DataError(f"{where}: item ids must be integers, got {arr.ravel()[0]!r}",
-                            hint=_LAYOUT_HINT)
+            raise DataError(f"{where}: item ids must be integers, got {arr.ravel()[0]!r}", hint=_LAYOUT_HINT)
         bad = arr[(arr < 0) | (arr >= self.num_items)]
         if bad.size:
-            raise DataError(f"{where}: {_describe_bad_id(int(bad.ravel()[0]), self.num_items)}",
-                            hint="The data files and the catalogue must come from the same dataset.")
+            raise DataError(
+                f"{where}: {_describe_bad_id(int(bad.ravel()[0]), self.num_items)}",
+                hint="The data files and the catalogue must come from the same dataset.",
+            )
 
     def fingerprint(self) -> str:
         """sha256 of the ids and titles, as canonical JSON ``[[id, title], ...]`` by id: the same for
@@ -120,8 +123,10 @@ def _read_text_lines(path: Path, encoding: str) -> list[str]:
     try:
         return path.read_text(encoding=encoding).splitlines()
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})",
-                        hint=f"Save the catalogue as {encoding}.") from None
+        raise DataError(
+            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})",
+            hint=f"Save the catalogue as {encoding}.",
+        ) from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})", hint=_LAYOUT_HINT) from None
 
@@ -145,8 +150,10 @@ def _parse_uitem(path: Path) -> dict[int, str]:
             continue
         fields = line.split("|")
         if len(fields) < 2:
-            raise DataError(f"{path}: line {lineno} is not 'id|title|...': {line[:60]!r}",
-                            hint="u.item is the MovieLens-100K item file.")
+            raise DataError(
+                f"{path}: line {lineno} is not 'id|title|...': {line[:60]!r}",
+                hint="u.item is the MovieLens-100K item file.",
+            )
         _add_title(titles, path, lineno, fields[0], parse_movielens_title(fields[1]), offset=1)
     return titles
 
@@ -155,17 +162,20 @@ def _add_title(titles: dict[int, str], path: Path, lineno: int, raw_id: str, tit
     try:
         item_id = int(raw_id.strip()) - offset
     except ValueError:
-        raise DataError(f"{path}: line {lineno} has a non-integer item id {raw_id.strip()[:30]!r}",
-                        hint=_LAYOUT_HINT) from None
+        raise DataError(
+            f"{path}: line {lineno} has a non-integer item id {raw_id.strip()[:30]!r}", hint=_LAYOUT_HINT
+        ) from None
     if item_id < 0:
-        raise DataError(f"{path}: line {lineno} has a negative item id {raw_id.strip()!r}",
-                        hint=_LAYOUT_HINT)
+        raise DataError(f"{path}: line {lineno} has a negative item id {raw_id.strip()!r}", hint=_LAYOUT_HINT)
     if item_id in titles:
-        raise DataError(f"{path}: line {lineno} repeats item id {raw_id.strip()}",
-                        hint="Each item id must appear once.")
+        raise DataError(
+            f"{path}: line {lineno} repeats item id {raw_id.strip()}", hint="Each item id must appear once."
+        )
     if not title:
-        raise DataError(f"{path}: line {lineno} has an empty title for item id {raw_id.strip()}",
-                        hint="Every item needs a title: the LLM reads and writes titles.")
+        raise DataError(
+            f"{path}: line {lineno} has an empty title for item id {raw_id.strip()}",
+            hint="Every item needs a title: the LLM reads and writes titles.",
+        )
     titles[item_id] = title
 
 
@@ -213,11 +223,13 @@ def read_split_file(path: str | Path) -> pd.DataFrame:
     except IloraError:
         raise
     except Exception as err:  # any other failure to unpickle is a bad file, not a bug here
-        raise DataError(f"{path}: cannot be read as a pandas pickle ({type(err).__name__}: {err})"[:300],
-                        hint=_SPLIT_HINT) from None
+        raise DataError(
+            f"{path}: cannot be read as a pandas pickle ({type(err).__name__}: {err})"[:300], hint=_SPLIT_HINT
+        ) from None
     if not isinstance(frame, pd.DataFrame):
-        raise DataError(f"{path}: holds a value of type {type(frame).__name__}, not a pandas DataFrame",
-                        hint=_SPLIT_HINT)
+        raise DataError(
+            f"{path}: holds a value of type {type(frame).__name__}, not a pandas DataFrame", hint=_SPLIT_HINT
+        )
     return frame
 
 
@@ -230,17 +242,18 @@ def _item_id(value, path: Path, row: int, column: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             return int(value)
-        raise DataError(f"{path}: row {row}: column '{column}' holds {value!r}, not an item id",
-                        hint=_LAYOUT_HINT)
+        raise DataError(f"{path}: row {row}: column '{column}' holds {value!r}, not an item id", hint=_LAYOUT_HINT)
     return int(value)
 
 
 def _normalize(frame: pd.DataFrame, path: Path, catalogue: Catalogue) -> tuple[pd.DataFrame, int]:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                        f"(has {', '.join(repr(str(c)) for c in frame.columns) or 'none'})",
-                        hint="Split files have columns 'seq', 'len_seq' and 'next'.")
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+            f"(has {', '.join(repr(str(c)) for c in frame.columns) or 'none'})",
+            hint="Split files have columns 'seq', 'len_seq' and 'next'.",
+        )
     if len(frame) == 0:
         raise DataError(f"{path}: the split is empty", hint=_LAYOUT_HINT)
 
@@ -248,12 +261,16 @@ def _normalize(frame: pd.DataFrame, path: Path, catalogue: Catalogue) -> tuple[p
     lengths = set()
     for row, seq in enumerate(raw_seqs):
         if not isinstance(seq, (list, tuple, np.ndarray)):
-            raise DataError(f"{path}: row {row}: 'seq' holds a value of type {type(seq).__name__}, "
-                            "not a list of items", hint=_LAYOUT_HINT)
+            raise DataError(
+                f"{path}: row {row}: 'seq' holds a value of type {type(seq).__name__}, not a list of items",
+                hint=_LAYOUT_HINT,
+            )
         lengths.add(len(seq))
     if len(lengths) != 1:
-        raise DataError(f"{path}: 'seq' lists have different lengths ({', '.join(map(str, sorted(lengths)))})",
-                        hint="Every 'seq' holds the last state-size items, padded to the same length.")
+        raise DataError(
+            f"{path}: 'seq' lists have different lengths ({', '.join(map(str, sorted(lengths)))})",
+            hint="Every 'seq' holds the last state-size items, padded to the same length.",
+        )
     state_size = lengths.pop()
 
     try:
@@ -266,13 +283,16 @@ def _normalize(frame: pd.DataFrame, path: Path, catalogue: Catalogue) -> tuple[p
 
     keep = np.flatnonzero(len_seq >= MIN_LEN_SEQ)
     if keep.size == 0:
-        raise DataError(f"{path}: no row has len_seq >= {MIN_LEN_SEQ} ({len(frame)} rows before filtering)",
-                        hint="The official protocol keeps only users with at least 3 history items.")
+        raise DataError(
+            f"{path}: no row has len_seq >= {MIN_LEN_SEQ} ({len(frame)} rows before filtering)",
+            hint="The official protocol keeps only users with at least 3 history items.",
+        )
     too_long = keep[len_seq[keep] > state_size]
     if too_long.size:
         row = int(too_long[0])
-        raise DataError(f"{path}: row {row}: len_seq {len_seq[row]} is longer than 'seq' ({state_size} items)",
-                        hint=_LAYOUT_HINT)
+        raise DataError(
+            f"{path}: row {row}: len_seq {len_seq[row]} is longer than 'seq' ({state_size} items)", hint=_LAYOUT_HINT
+        )
 
     raw_next = frame["next"].tolist()
     pad = catalogue.pad_id
@@ -283,17 +303,21 @@ def _normalize(frame: pd.DataFrame, path: Path, catalogue: Catalogue) -> tuple[p
         target = _item_id(raw_next[row], path, row, "next")
         for item in (*history, target):
             if not 0 <= item < catalogue.num_items:
-                raise DataError(f"{path}: row {row}: {_describe_bad_id(item, catalogue.num_items)}",
-                                hint=f"The split does not match the catalogue {catalogue.source}.")
+                raise DataError(
+                    f"{path}: row {row}: {_describe_bad_id(item, catalogue.num_items)}",
+                    hint=f"The split does not match the catalogue {catalogue.source}.",
+                )
         seqs.append(history + [pad] * (state_size - n))
         nexts.append(target)
 
-    out = pd.DataFrame({
-        "seq": seqs,
-        "len_seq": len_seq[keep],
-        "next": np.asarray(nexts, dtype=np.int64),
-        "row_id": keep.astype(np.int64),
-    })
+    out = pd.DataFrame(
+        {
+            "seq": seqs,
+            "len_seq": len_seq[keep],
+            "next": np.asarray(nexts, dtype=np.int64),
+            "row_id": keep.astype(np.int64),
+        }
+    )
     return out, state_size
 
 
@@ -324,8 +348,10 @@ class LlaraDataset:
         if name not in self._splits:
             frame, state_size = _normalize(read_split_file(path), path, self.catalogue)
             if self._state_size is not None and state_size != self._state_size:
-                raise DataError(f"{path}: 'seq' holds {state_size} items, other splits hold {self._state_size}",
-                                hint="All splits of a dataset use the same state size.")
+                raise DataError(
+                    f"{path}: 'seq' holds {state_size} items, other splits hold {self._state_size}",
+                    hint="All splits of a dataset use the same state size.",
+                )
             self._state_size = state_size
             self._splits[name] = frame
         return self._splits[name]
@@ -335,8 +361,7 @@ class LlaraDataset:
         if self._state_size is None:
             present = [n for n, f in SPLIT_FILES.items() if (Path(self.root) / f).is_file()]
             if not present:
-                raise DataError(f"{self.root}: no split file ({', '.join(SPLIT_FILES.values())})",
-                                hint=_LAYOUT_HINT)
+                raise DataError(f"{self.root}: no split file ({', '.join(SPLIT_FILES.values())})", hint=_LAYOUT_HINT)
             self.split(min(present, key=lambda n: (Path(self.root) / SPLIT_FILES[n]).stat().st_size))
         return self._state_size
 

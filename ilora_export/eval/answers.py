@@ -31,26 +31,50 @@ class EvalOutput:
     summary: dict
 
 
-def evaluate_backend(backend, assets, evalset: EvalSet, *, batch_size: int = 8, progress: bool = True,
-                     templates=None, max_new_tokens: int = MAX_NEW_TOKENS) -> EvalOutput:
+def evaluate_backend(
+    backend,
+    assets,
+    evalset: EvalSet,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    templates=None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> EvalOutput:
     """Greedy answers and metrics for every row of ``evalset`` with any runtime backend.
 
     ``assets`` (a PromptAssets) supplies the tokenizer, catalogue, templates and token ids.
     """
     with tqdm(total=len(evalset.rows), desc=f"eval ({backend.name})", unit="row", disable=not progress) as bar:
-        records = answer_rows(backend, assets, evalset.rows, batch_size=batch_size, templates=templates,
-                              max_new_tokens=max_new_tokens, on_batch=bar.update,
-                              where=f"evaluation set ({evalset.split})")
+        records = answer_rows(
+            backend,
+            assets,
+            evalset.rows,
+            batch_size=batch_size,
+            templates=templates,
+            max_new_tokens=max_new_tokens,
+            on_batch=bar.update,
+            where=f"evaluation set ({evalset.split})",
+        )
     return EvalOutput(records, summarize_records(records, evalset))
 
 
-def answer_rows(backend, assets, rows, *, batch_size: int = 8, templates=None, max_new_tokens: int = MAX_NEW_TOKENS,
-                on_batch=None, where: str = "evaluation set") -> list[dict]:
+def answer_rows(
+    backend,
+    assets,
+    rows,
+    *,
+    batch_size: int = 8,
+    templates=None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_batch=None,
+    where: str = "evaluation set",
+) -> list[dict]:
     """One record per row of ``rows`` (EvalRows), in their order: the greedy answer, its judgement, the
     SASRec pick. Rows are batched by prompt length; the answers do not depend on the batching."""
     catalogue = assets.catalogue
     for row in rows:  # a silent wrong title is never shown: ids must exist in the model's catalogue
-        catalogue.check_ids([*row.seq[:row.len_seq], row.target, *row.candidates], f"{where}, row {row.row_id}")
+        catalogue.check_ids([*row.seq[: row.len_seq], row.target, *row.candidates], f"{where}, row {row.row_id}")
     builder = assets.prompt_builder(templates)
     stop = assets.stop_rule()
     examples = [builder.encode(r.seq, r.len_seq, r.candidates) for r in rows]
@@ -59,7 +83,7 @@ def answer_rows(backend, assets, rows, *, batch_size: int = 8, templates=None, m
     answers: dict[int, str] = {}
     sasrec_pick: dict[int, int] = {}
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = builder.collate([examples[i] for i in idx])
         gen = greedy_generate(backend, batch, stop, assets.token_ids, max_new_tokens)
         picks = np.take_along_axis(batch.candidates.numpy(), gen.item_scores.argmax(-1)[:, None], 1)[:, 0]
@@ -73,10 +97,19 @@ def answer_rows(backend, assets, rows, *, batch_size: int = 8, templates=None, m
     for i, row in enumerate(rows):
         titles = [catalogue.title(c) for c in row.candidates]
         j = judge(answers[i], catalogue.title(row.target), titles)
-        records.append({"row_id": row.row_id, "answer": answers[i], "target": catalogue.title(row.target),
-                        "target_id": row.target, "valid": j.valid, "correct": j.correct,
-                        "sasrec_pick": sasrec_pick[i], "candidates": json.dumps(titles, ensure_ascii=False),
-                        "candidate_ids": json.dumps(list(row.candidates))})
+        records.append(
+            {
+                "row_id": row.row_id,
+                "answer": answers[i],
+                "target": catalogue.title(row.target),
+                "target_id": row.target,
+                "valid": j.valid,
+                "correct": j.correct,
+                "sasrec_pick": sasrec_pick[i],
+                "candidates": json.dumps(titles, ensure_ascii=False),
+                "candidate_ids": json.dumps(list(row.candidates)),
+            }
+        )
     return records
 
 
@@ -86,7 +119,9 @@ def summarize_records(records: list[dict], evalset: EvalSet) -> dict:
     sasrec_hits = sum(r["sasrec_pick"] == r["target_id"] for r in records)
     return summarize(judgements) | {
         "sasrec_hit_ratio@1": sasrec_hits / len(records) if records else 0.0,
-        "split": evalset.split, "seed": evalset.seed, "num_candidates": evalset.num_candidates,
+        "split": evalset.split,
+        "seed": evalset.seed,
+        "num_candidates": evalset.num_candidates,
     }
 
 

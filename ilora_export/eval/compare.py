@@ -19,11 +19,16 @@ def compare_answers(reference, candidate, names: tuple[str, str] = ("reference",
     a, b = reference.records, candidate.records
     if [r["row_id"] for r in a] != [r["row_id"] for r in b]:
         raise ValueError("the two evaluations are not of the same rows")
-    differ = [{"row_id": x["row_id"], names[0]: x["answer"], names[1]: y["answer"]}
-              for x, y in zip(a, b) if x["answer"] != y["answer"]]
+    differ = [
+        {"row_id": x["row_id"], names[0]: x["answer"], names[1]: y["answer"]}
+        for x, y in zip(a, b)
+        if x["answer"] != y["answer"]
+    ]
     rows = len(a)
     return {
-        "rows": rows, "agree": rows - len(differ), "agreement": (rows - len(differ)) / rows if rows else 1.0,
+        "rows": rows,
+        "agree": rows - len(differ),
+        "agreement": (rows - len(differ)) / rows if rows else 1.0,
         "differ": differ,
         names[0]: {k: reference.summary[k] for k in METRICS},
         names[1]: {k: candidate.summary[k] for k in METRICS},

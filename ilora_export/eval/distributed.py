@@ -26,8 +26,9 @@ from ilora_export.lazy import require
 
 
 def import_ray():
-    return require("ray", "ray.data", purpose="--ray",
-                   install='pip install "ilora-export[ray]" (or: pip install "ray[data]")')
+    return require(
+        "ray", "ray.data", purpose="--ray", install='pip install "ilora-export[ray]" (or: pip install "ray[data]")'
+    )
 
 
 class ShardEvaluator:
@@ -54,18 +55,35 @@ class ShardEvaluator:
         for k in batch["shard"].tolist():
             start, end = self.store.plan[k]
             t0 = time.perf_counter()
-            records = answer_rows(self.backend, self.assets, self.rows[start:end], batch_size=self.request.batch_size,
-                                  templates=self.templates)
+            records = answer_rows(
+                self.backend,
+                self.assets,
+                self.rows[start:end],
+                batch_size=self.request.batch_size,
+                templates=self.templates,
+            )
             self.store.write(k, records, time.perf_counter() - t0, self.name)
             shards.append(k)
             rows.append(end - start)
             seconds.append(time.perf_counter() - t0)
-        return {"shard": np.array(shards), "rows": np.array(rows), "seconds": np.array(seconds),
-                "load_s": np.full(len(shards), self.load_s), "worker": np.array([self.name] * len(shards))}
+        return {
+            "shard": np.array(shards),
+            "rows": np.array(rows),
+            "seconds": np.array(seconds),
+            "load_s": np.full(len(shards), self.load_s),
+            "worker": np.array([self.name] * len(shards)),
+        }
 
 
-def ray_evaluate(request: EvalRequest, store: ShardStore, rows: list[EvalRow], pending: list[int], *,
-                 templates=None, on_rows: Callable[[int], None] | None = None) -> dict:
+def ray_evaluate(
+    request: EvalRequest,
+    store: ShardStore,
+    rows: list[EvalRow],
+    pending: list[int],
+    *,
+    templates=None,
+    on_rows: Callable[[int], None] | None = None,
+) -> dict:
     """Evaluate the ``pending`` shards of ``store`` (over ``rows``, the evaluation set's) on Ray Data
     actors, as ``request`` says (cluster address, workers, threads, batch size); returns what ran where.
 
@@ -76,8 +94,13 @@ def ray_evaluate(request: EvalRequest, store: ShardStore, rows: list[EvalRow], p
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=request.address, include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=True, log_to_driver=False)
+        ray.init(
+            address=request.address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            log_to_driver=False,
+        )
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines otherwise
     try:
         ctx = ray.data.DataContext.get_current()
@@ -89,8 +112,12 @@ def ray_evaluate(request: EvalRequest, store: ShardStore, rows: list[EvalRow], p
         work = ray.put((replace(store, root=store.root.resolve()), rows, templates))
         ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
         done = ds.map_batches(
-            ShardEvaluator, batch_size=1, concurrency=workers, num_cpus=threads,
-            fn_constructor_kwargs={"request": replace(request.resolved(), threads=threads), "work": work})
+            ShardEvaluator,
+            batch_size=1,
+            concurrency=workers,
+            num_cpus=threads,
+            fn_constructor_kwargs={"request": replace(request.resolved(), threads=threads), "work": work},
+        )
         used, load_s = set(), []
         for row in done.iter_rows():
             used.add(str(row["worker"]))
@@ -100,5 +127,9 @@ def ray_evaluate(request: EvalRequest, store: ShardStore, rows: list[EvalRow], p
     finally:
         if started:
             ray.shutdown()
-    return {"ray_workers": workers, "ray_threads_per_worker": threads, "ray_workers_used": len(used),
-            "ray_model_load_s": max(load_s, default=0.0)}
+    return {
+        "ray_workers": workers,
+        "ray_threads_per_worker": threads,
+        "ray_workers_used": len(used),
+        "ray_model_load_s": max(load_s, default=0.0),
+    }

@@ -68,21 +68,32 @@ class EvalRequest:
         if len(problems) == 1:
             raise IloraError(*problems[0])
         if problems:
-            raise IloraError(f"{len(problems)} problems with this evaluation:\n"
-                             + "\n".join(f"  - {message}" for message, _ in problems),
-                             "; ".join(hint for _, hint in problems))
+            raise IloraError(
+                f"{len(problems)} problems with this evaluation:\n"
+                + "\n".join(f"  - {message}" for message, _ in problems),
+                "; ".join(hint for _, hint in problems),
+            )
 
     def _problems(self) -> list[tuple[str, str]]:
         """(message, hint) for every field, or combination of fields, that makes no evaluation."""
         problems = []
         if self.backend not in BACKENDS:
-            problems.append((f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}",
-                             "torch for a checkpoint, ort for an export, trt for an engines folder"))
+            problems.append(
+                (
+                    f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}",
+                    "torch for a checkpoint, ort for an export, trt for an engines folder",
+                )
+            )
         if self.device not in DEVICES:
-            problems.append((f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}",
-                             "--device cpu runs anywhere"))
-        for name, flag in (("batch_size", "--batch-size"), ("limit", "--limit"), ("threads", "--threads"),
-                           ("num_workers", "--num-workers")):
+            problems.append(
+                (f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}", "--device cpu runs anywhere")
+            )
+        for name, flag in (
+            ("batch_size", "--batch-size"),
+            ("limit", "--limit"),
+            ("threads", "--threads"),
+            ("num_workers", "--num-workers"),
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append((f"{flag} must be >= 1, got {value}", f"leave {flag} out for its default"))
@@ -99,15 +110,25 @@ class EvalRequest:
         and expert bank (sha256 of their files), the backend and device, the evaluation set's and prompt
         file's sha256, the shard size. Threads, workers, cluster address, output folder, restart and
         batch size (answers do not depend on the batching) leave it unchanged."""
-        return {"model": target_identity(self.target, self.bank), "backend": self.backend, "device": self.device,
-                "evalset_sha256": hashlib.sha256(eval_set_bytes(evalset)).hexdigest(),
-                "shard_rows": self.shard_rows,
-                "prompt_file_sha256": sha256_file(self.prompt_file) if self.prompt_file else None}
+        return {
+            "model": target_identity(self.target, self.bank),
+            "backend": self.backend,
+            "device": self.device,
+            "evalset_sha256": hashlib.sha256(eval_set_bytes(evalset)).hexdigest(),
+            "shard_rows": self.shard_rows,
+            "prompt_file_sha256": sha256_file(self.prompt_file) if self.prompt_file else None,
+        }
 
     def resolved(self) -> EvalRequest:
         """The same request with every path absolute, for processes that may start in another folder."""
-        return replace(self, **{name: str(Path(getattr(self, name)).resolve()) for name in _PATH_FIELDS
-                                if getattr(self, name) is not None})
+        return replace(
+            self,
+            **{
+                name: str(Path(getattr(self, name)).resolve())
+                for name in _PATH_FIELDS
+                if getattr(self, name) is not None
+            },
+        )
 
 
 _PATH_FIELDS = ("target", "data_dir", "eval_set", "prompt_file", "bank", "output")  # base_model may be a name
@@ -118,8 +139,10 @@ def target_identity(target, bank=None) -> dict:
     target = Path(target)
     index = MODEL_INDEXES.get(folder_kind(target))
     if index is None:
-        raise IloraError(f"{target}: neither a checkpoint, an export nor an engines folder",
-                         "pass the folder written by finetune, onnx or trt")
+        raise IloraError(
+            f"{target}: neither a checkpoint, an export nor an engines folder",
+            "pass the folder written by finetune, onnx or trt",
+        )
     ident = {"target": str(target.resolve()), "index": index, "sha256": sha256_file(target / index)}
     if bank is not None:
         ident["bank_sha256"] = sha256_file(bank)

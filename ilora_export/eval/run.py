@@ -38,14 +38,20 @@ def run_eval(request: EvalRequest, *, progress: bool = True) -> dict:
 
     evalset, fit = _eval_set(request)
     templates = load_prompt_file(request.prompt_file) if request.prompt_file else None
-    extra = {"backend": request.backend, "device": request.device, "batch_size": request.batch_size,
-             "target": str(request.target), "data": str(request.data_dir),
-             "threads": request.threads or torch.get_num_threads()} | fit
+    extra = {
+        "backend": request.backend,
+        "device": request.device,
+        "batch_size": request.batch_size,
+        "target": str(request.target),
+        "data": str(request.data_dir),
+        "threads": request.threads or torch.get_num_threads(),
+    } | fit
     t0 = time.perf_counter()
     if request.output is None:
         runner, assets = _open_backend(request)
-        out = evaluate_backend(runner, assets, evalset, batch_size=request.batch_size, progress=progress,
-                               templates=templates)
+        out = evaluate_backend(
+            runner, assets, evalset, batch_size=request.batch_size, progress=progress, templates=templates
+        )
         return out.summary | extra | {"wall_seconds": round(time.perf_counter() - t0, 2)}
 
     from ilora_export.data.evalset import write_eval_set
@@ -55,22 +61,43 @@ def run_eval(request: EvalRequest, *, progress: bool = True) -> dict:
     write_eval_set(evalset, Path(request.output) / EVALSET)
     pending = store.pending()
     done_rows = len(evalset.rows) - sum(store.plan[k][1] - store.plan[k][0] for k in pending)
-    bar = tqdm(total=len(evalset.rows), initial=done_rows,
-               desc=f"eval ({request.backend}{', ray' if request.ray else ''})", unit="row", disable=not progress)
+    bar = tqdm(
+        total=len(evalset.rows),
+        initial=done_rows,
+        desc=f"eval ({request.backend}{', ray' if request.ray else ''})",
+        unit="row",
+        disable=not progress,
+    )
     if pending and request.ray:
         from ilora_export.eval.distributed import ray_evaluate
 
         extra |= ray_evaluate(request, store, evalset.rows, pending, templates=templates, on_rows=bar.update)
     elif pending:
         runner, assets = _open_backend(request)
-        evaluate_pending(store, lambda pos: answer_rows(runner, assets, [evalset.rows[i] for i in pos],
-                                                        batch_size=request.batch_size, templates=templates,
-                                                        on_batch=bar.update))
+        evaluate_pending(
+            store,
+            lambda pos: answer_rows(
+                runner,
+                assets,
+                [evalset.rows[i] for i in pos],
+                batch_size=request.batch_size,
+                templates=templates,
+                on_batch=bar.update,
+            ),
+        )
     bar.close()
     records, shards = store.collect()
-    summary = summarize_records(records, evalset) | extra | {
-        "wall_seconds": round(time.perf_counter() - t0, 2), "shards": len(shards), "shard_rows": request.shard_rows,
-        "shards_resumed": len(store.plan) - len(pending), "ray": request.ray}
+    summary = (
+        summarize_records(records, evalset)
+        | extra
+        | {
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "shards": len(shards),
+            "shard_rows": request.shard_rows,
+            "shards_resumed": len(store.plan) - len(pending),
+            "ray": request.ray,
+        }
+    )
     write_eval_output(EvalOutput(records, summary), request.output)
     return summary
 
@@ -83,17 +110,27 @@ def _eval_set(request: EvalRequest) -> tuple[EvalSet, dict]:
 
     dataset = load_dataset(request.data_dir)
     catalogue, state_size = model_facts(request.target, request.backend)
-    fit = check_catalogue(dataset.catalogue, catalogue, allow_mismatch=request.allow_catalogue_mismatch,
-                          override="--allow-catalogue-mismatch")
+    fit = check_catalogue(
+        dataset.catalogue,
+        catalogue,
+        allow_mismatch=request.allow_catalogue_mismatch,
+        override="--allow-catalogue-mismatch",
+    )
     eval_set = request.eval_set
     evalset = load_or_build_eval_set(dataset, request.split, request.seed, Path(eval_set) if eval_set else None)
     check_history_length(evalset, state_size, eval_set or dataset.split_path(request.split))
     if request.limit is not None:
-        evalset.rows = evalset.rows[:request.limit]
+        evalset.rows = evalset.rows[: request.limit]
     return evalset, fit
 
 
 def _open_backend(request: EvalRequest):
     """(backend, assets) of the model ``request`` evaluates."""
-    return open_backend(request.target, request.backend, device=request.device, base_model=request.base_model,
-                        threads=request.threads, bank=request.bank)
+    return open_backend(
+        request.target,
+        request.backend,
+        device=request.device,
+        base_model=request.base_model,
+        threads=request.threads,
+        bank=request.bank,
+    )

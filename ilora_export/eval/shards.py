@@ -65,8 +65,12 @@ class ShardStore:
     def for_request(cls, request: EvalRequest, evalset: EvalSet) -> ShardStore:
         """The store of ``request`` (which has an output folder) evaluating ``evalset``, its rows in
         shards of ``request.shard_rows``, fingerprinted by ``request.identity``."""
-        return cls(Path(request.output), request.identity(evalset), plan_shards(len(evalset.rows), request.shard_rows),
-                   [r.row_id for r in evalset.rows])
+        return cls(
+            Path(request.output),
+            request.identity(evalset),
+            plan_shards(len(evalset.rows), request.shard_rows),
+            [r.row_id for r in evalset.rows],
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -91,15 +95,21 @@ class ShardStore:
             if (old is None or old["fingerprint"] != self.fingerprint) and replace_other:
                 restart = True
             elif old is None:
-                raise IloraError(f"{run}: unreadable or corrupt (not the JSON object an evaluation writes)",
-                                 "pass --restart to discard this folder's results and evaluate from scratch, "
-                                 "or write to another -o folder")
+                raise IloraError(
+                    f"{run}: unreadable or corrupt (not the JSON object an evaluation writes)",
+                    "pass --restart to discard this folder's results and evaluate from scratch, "
+                    "or write to another -o folder",
+                )
             elif old["fingerprint"] != self.fingerprint:
-                differ = sorted(k for k in set(old["identity"]) | set(self.identity)
-                                if old["identity"].get(k) != self.identity.get(k))
-                raise IloraError(f"{self.root} holds results of another evaluation (differs in: "
-                                 f"{', '.join(differ) or 'format'})",
-                                 "write to another -o folder, or pass --restart to discard those results")
+                differ = sorted(
+                    k
+                    for k in set(old["identity"]) | set(self.identity)
+                    if old["identity"].get(k) != self.identity.get(k)
+                )
+                raise IloraError(
+                    f"{self.root} holds results of another evaluation (differs in: {', '.join(differ) or 'format'})",
+                    "write to another -o folder, or pass --restart to discard those results",
+                )
         shards = self.root / SHARDS
         if restart and shards.is_dir():
             for f in shards.glob("shard-*.parquet"):
@@ -109,9 +119,19 @@ class ShardStore:
             clean_stale_temporaries(folder=shards)  # writes cut short by a kill (a live writer's are kept)
             self._refuse_unexpected()
             with atomic_path(run) as tmp:
-                tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "identity": self.identity,
-                                           "shards": len(self.plan), "rows": len(self.row_ids)}, indent=2) + "\n",
-                               encoding="utf-8")
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "fingerprint": self.fingerprint,
+                            "identity": self.identity,
+                            "shards": len(self.plan),
+                            "rows": len(self.row_ids),
+                        },
+                        indent=2,
+                    )
+                    + "\n",
+                    encoding="utf-8",
+                )
         except BaseException:
             remove_empty_dirs(created)  # a folder that could not even be started is not left behind
             raise
@@ -122,8 +142,9 @@ class ShardStore:
             old = json.loads((self.root / RUN).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
-        if not (isinstance(old, dict) and isinstance(old.get("fingerprint"), str)
-                and isinstance(old.get("identity"), dict)):
+        if not (
+            isinstance(old, dict) and isinstance(old.get("fingerprint"), str) and isinstance(old.get("identity"), dict)
+        ):
             return None
         return old
 
@@ -134,10 +155,12 @@ class ShardStore:
         unexpected = sorted(p.name for p in (self.root / SHARDS).glob("shard-*.parquet") if p.name not in planned)
         if unexpected:
             more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-            raise IloraError(f"{self.root / SHARDS}: unexpected file {unexpected[0]}{more}, not one of the "
-                             f"{len(self.plan)} shards of this evaluation",
-                             f"delete {'them' if more else 'it'} if not this evaluation's, or pass --restart to "
-                             "discard every shard in the folder and evaluate from scratch")
+            raise IloraError(
+                f"{self.root / SHARDS}: unexpected file {unexpected[0]}{more}, not one of the "
+                f"{len(self.plan)} shards of this evaluation",
+                f"delete {'them' if more else 'it'} if not this evaluation's, or pass --restart to "
+                "discard every shard in the folder and evaluate from scratch",
+            )
 
     def read(self, index: int) -> tuple[dict, list[dict]] | None:
         """(metadata, records) of a finished shard, None when absent or not this run's / incomplete."""
@@ -152,8 +175,11 @@ class ShardStore:
             return None
         records = table.to_pylist()
         ids = self.expected_ids(index)
-        if (meta.get("fingerprint") != self.fingerprint or meta.get("row_ids") != ids
-                or [r["row_id"] for r in records] != ids):
+        if (
+            meta.get("fingerprint") != self.fingerprint
+            or meta.get("row_ids") != ids
+            or [r["row_id"] for r in records] != ids
+        ):
             return None
         return meta, records
 
@@ -166,8 +192,7 @@ class ShardStore:
         ids = self.expected_ids(index)
         if [r["row_id"] for r in records] != ids:
             raise RuntimeError(f"shard {index}: records do not match its row ids")  # a bug
-        meta = {"index": index, "row_ids": ids, "fingerprint": self.fingerprint, "seconds": seconds,
-                "worker": worker}
+        meta = {"index": index, "row_ids": ids, "fingerprint": self.fingerprint, "seconds": seconds, "worker": worker}
         table = pa.Table.from_pylist(records).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         with atomic_path(self.path(index)) as tmp:
             pa.parquet.write_table(table, tmp)
@@ -184,17 +209,25 @@ class ShardStore:
             records += got[1]
         self._refuse_unexpected()
         if missing:
-            raise IloraError(f"{self.root}: shards {missing} missing",
-                             "run the same command again to finish (finished shards are kept)")
+            raise IloraError(
+                f"{self.root}: shards {missing} missing",
+                "run the same command again to finish (finished shards are kept)",
+            )
         seen = [r["row_id"] for r in records]
         if seen != self.row_ids or len(set(seen)) != len(seen):
-            raise IloraError(f"{self.root}: the shards do not cover the evaluation set exactly once",
-                             "pass --restart to evaluate again from scratch")
+            raise IloraError(
+                f"{self.root}: the shards do not cover the evaluation set exactly once",
+                "pass --restart to evaluate again from scratch",
+            )
         return records, metas
 
 
-def evaluate_pending(store: ShardStore, evaluate: Callable[[list[int]], list[dict]],
-                     on_shard: Callable[[int, int], None] | None = None, worker: str = "") -> int:
+def evaluate_pending(
+    store: ShardStore,
+    evaluate: Callable[[list[int]], list[dict]],
+    on_shard: Callable[[int, int], None] | None = None,
+    worker: str = "",
+) -> int:
     """Evaluate every pending shard in this process with ``evaluate(positions) -> records``; returns
     how many were evaluated."""
     import time

@@ -24,16 +24,30 @@ def check_source(checkpoint_info, export_info) -> None:
             raise ExportError(
                 f"{checkpoint_info.path}: its base model differs from the one {export_info.path} was exported "
                 f"with ({key}: {base[key]} vs {src['base_model'][key]})",
-                "verify an export against the checkpoint it was exported from")
+                "verify an export against the checkpoint it was exported from",
+            )
     if sha256_file(Path(checkpoint_info.path) / "config.json") != src["checkpoint_sha256"]:
-        raise ExportError(f"{export_info.path} was exported from another checkpoint ({src['checkpoint']}), "
-                          f"not {checkpoint_info.path}",
-                          f"export this checkpoint: ilora-export onnx {checkpoint_info.path} -o DIR")
+        raise ExportError(
+            f"{export_info.path} was exported from another checkpoint ({src['checkpoint']}), "
+            f"not {checkpoint_info.path}",
+            f"export this checkpoint: ilora-export onnx {checkpoint_info.path} -o DIR",
+        )
 
 
-def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test", seed: int = 0,
-                  eval_set=None, limit: int | None = None, batch_size: int = 8, threads: int | None = None,
-                  output=None, progress: bool = True) -> dict:
+def verify_export(
+    checkpoint,
+    export_dir,
+    *,
+    data_dir=None,
+    split: str = "test",
+    seed: int = 0,
+    eval_set=None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    threads: int | None = None,
+    output=None,
+    progress: bool = True,
+) -> dict:
     """Compare ``export_dir`` (ORT) with ``checkpoint`` (PyTorch). Returns the report; raises
     ValidationError (after writing the report) when an fp32 export disagrees on any answer. A quantized
     export is compared the same way, but differences are reported, not failed."""
@@ -71,27 +85,45 @@ def verify_export(checkpoint, export_dir, *, data_dir=None, split: str = "test",
     tolerance = info.tolerance | ({name: math.inf for name in info.decoder.tolerance} if quantized else {})
     problems = []
     try:
-        logits = compare_backends(torch_backend, ort_backend, export.assets, info.manifest["model"]["state_size"],
-                                  tolerance=tolerance, strict_argmax=strict)
+        logits = compare_backends(
+            torch_backend,
+            ort_backend,
+            export.assets,
+            info.manifest["model"]["state_size"],
+            tolerance=tolerance,
+            strict_argmax=strict,
+        )
     except ValidationError as err:
         logits, problems = err.report, [err.message]
-    report = {"checkpoint": str(checkpoint), "export": str(export_dir), "dtype": info.dtype,
-              "bake_experts": info.bake_experts, "quantization": info.quantization, "logits": logits}
+    report = {
+        "checkpoint": str(checkpoint),
+        "export": str(export_dir),
+        "dtype": info.dtype,
+        "bake_experts": info.bake_experts,
+        "quantization": info.quantization,
+        "logits": logits,
+    }
 
     if evalset is not None:
-        ref = evaluate_backend(torch_backend, checkpoint_assets(loaded), evalset, batch_size=batch_size,
-                               progress=progress)
+        ref = evaluate_backend(
+            torch_backend, checkpoint_assets(loaded), evalset, batch_size=batch_size, progress=progress
+        )
         got = evaluate_backend(ort_backend, export.assets, evalset, batch_size=batch_size, progress=progress)
         report["answers"] = {"split": split} | compare_answers(ref, got, ("torch", "ort"))
         if report["answers"]["differ"] and strict:
-            problems.append(f"{len(report['answers']['differ'])} of {report['answers']['rows']} answers differ "
-                            "between torch and ort")
+            problems.append(
+                f"{len(report['answers']['differ'])} of {report['answers']['rows']} answers differ "
+                "between torch and ort"
+            )
     report["ok"] = not problems
     report["problems"] = problems
     if output is not None:
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if problems:
-        raise ValidationError("; ".join(problems), "see the report for the rows and deltas"
-                              + (f" ({output})" if output else " (-o REPORT.json writes it)"), report)
+        raise ValidationError(
+            "; ".join(problems),
+            "see the report for the rows and deltas" + (f" ({output})" if output else " (-o REPORT.json writes it)"),
+            report,
+        )
     return report

@@ -39,12 +39,15 @@ def graph_bank(model) -> dict[str, torch.Tensor]:
 def model_shape(model) -> ModelShape:
     """Sizes of an ILoRAModel's LLM and expert bank (in the stored layout)."""
     cfg = model.llm.config
-    return ModelShape(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers,
-                      num_kv_heads=cfg.num_key_value_heads,
-                      head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-                      vocab_size=model.llm.get_output_embeddings().weight.shape[0],
-                      num_experts=model.spec.num_experts,
-                      bank_shapes=BankLayout(model.llm).shape.shapes)
+    return ModelShape(
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers,
+        num_kv_heads=cfg.num_key_value_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        vocab_size=model.llm.get_output_embeddings().weight.shape[0],
+        num_experts=model.spec.num_experts,
+        bank_shapes=BankLayout(model.llm).shape.shapes,
+    )
 
 
 class _LastLogits(nn.Module):
@@ -55,8 +58,13 @@ class _LastLogits(nn.Module):
         self.llm = llm
 
     def forward(self, inputs_embeds, attention_mask, position_ids, cache):
-        out = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                     position_ids=position_ids, cache=cache, use_cache=True)
+        out = self.llm.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
         head = self.llm.get_output_embeddings()
         last = out.last_hidden_state[:, -1:, :].float()  # [B, 1, H]
         bias = None if head.bias is None else head.bias.float()
@@ -95,11 +103,17 @@ class DecoderWrapper(nn.Module):
             cache.update(past[2 * i], past[2 * i + 1], i)  # [B, kv_heads, P, head_dim]
         # each layer's slice back in its own orientation: that Transpose and the linear's own cancel in
         # the exported graph
-        params = {} if self.bake_experts else {
-            f"llm.{k}": v for k, v in self.layout.parameters_from_stored(dict(zip(self.layout.keys, bank))).items()}
+        params = (
+            {}
+            if self.bake_experts
+            else {
+                f"llm.{k}": v for k, v in self.layout.parameters_from_stored(dict(zip(self.layout.keys, bank))).items()
+            }
+        )
         with self.model.expert_gate.use(gate_weights):
             logits, cache = torch.func.functional_call(
-                self.step, params, (inputs_embeds, attention_mask, position_ids, cache), strict=False)
+                self.step, params, (inputs_embeds, attention_mask, position_ids, cache), strict=False
+            )
         present = []
         for layer in cache.layers:
             present += [layer.keys, layer.values]  # [B, kv_heads, P+S, head_dim]
@@ -112,17 +126,22 @@ def sample_inputs(wrapper: DecoderWrapper, batch: int = 2, seq: int = 5, past: i
     shape = model_shape(wrapper.model)
     dtype = wrapper.model.llm.get_input_embeddings().weight.dtype
     k = wrapper.model.spec.num_experts
-    return (torch.randn(batch, seq, cfg.hidden_size, dtype=dtype),
-            torch.ones(batch, past + seq, dtype=torch.long),
-            torch.arange(past, past + seq).repeat(batch, 1),
-            torch.softmax(torch.randn(batch, k), -1).to(dtype),
-            *[torch.randn(batch, shape.num_kv_heads, past, shape.head_dim, dtype=dtype)
-              for _ in past_names(shape.num_layers)],
-            *wrapper.bank_inputs())
+    return (
+        torch.randn(batch, seq, cfg.hidden_size, dtype=dtype),
+        torch.ones(batch, past + seq, dtype=torch.long),
+        torch.arange(past, past + seq).repeat(batch, 1),
+        torch.softmax(torch.randn(batch, k), -1).to(dtype),
+        *[
+            torch.randn(batch, shape.num_kv_heads, past, shape.head_dim, dtype=dtype)
+            for _ in past_names(shape.num_layers)
+        ],
+        *wrapper.bank_inputs(),
+    )
 
 
-def export_decoder(model, path, *, bake_experts: bool = False, external_data: bool = True,
-                   plain: bool = False) -> GraphContract:
+def export_decoder(
+    model, path, *, bake_experts: bool = False, external_data: bool = True, plain: bool = False
+) -> GraphContract:
     """Export ``model`` (an ILoRAModel, in the graph's dtype) as the decoder ONNX graph at ``path``.
 
     ``plain`` exports the base LLM alone (adapters disabled, bank baked away, the gate input unused):
@@ -134,11 +153,23 @@ def export_decoder(model, path, *, bake_experts: bool = False, external_data: bo
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     past, total = torch.export.Dim("past_sequence"), torch.export.Dim("total_sequence")
     n_past, n_bank = 2 * wrapper.num_layers, len(wrapper.bank_inputs())
-    dynamic = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq}, {0: batch},
-               tuple([{0: batch, 2: past}] * n_past + [None] * n_bank))
+    dynamic = (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},
+        {0: batch, 1: seq},
+        {0: batch},
+        tuple([{0: batch, 2: past}] * n_past + [None] * n_bank),
+    )
     plain_ctx = adapters_disabled(model.llm) if plain else contextlib.nullcontext()
     with torch.no_grad(), traced_attention(model.llm), quiet_exporter(), plain_ctx:
-        program = torch.onnx.export(wrapper, sample_inputs(wrapper), dynamo=True, input_names=c.input_names,
-                                    output_names=c.output_names, dynamic_shapes=dynamic, verbose=False)
+        program = torch.onnx.export(
+            wrapper,
+            sample_inputs(wrapper),
+            dynamo=True,
+            input_names=c.input_names,
+            output_names=c.output_names,
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
         program.save(str(path), external_data=external_data)
     return c

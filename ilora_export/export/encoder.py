@@ -31,10 +31,20 @@ def export_encoder(model, path, shape) -> GraphContract:
     contract = encoder_contract(shape)
     state = model.sasrec.state_size
     batch, items = torch.export.Dim("batch"), torch.export.Dim("items")
-    sample = (torch.randint(0, model.sasrec.item_num, (2, state)), torch.tensor([3, state]),
-              torch.randint(0, model.sasrec.item_num, (2, 7)))
+    sample = (
+        torch.randint(0, model.sasrec.item_num, (2, state)),
+        torch.tensor([3, state]),
+        torch.randint(0, model.sasrec.item_num, (2, 7)),
+    )
     with torch.no_grad(), quiet_exporter():
-        torch.onnx.export(wrapper, sample, str(path), dynamo=True, input_names=contract.input_names,
-                          output_names=contract.output_names,
-                          dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: items}), verbose=False)
+        torch.onnx.export(
+            wrapper,
+            sample,
+            str(path),
+            dynamo=True,
+            input_names=contract.input_names,
+            output_names=contract.output_names,
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: items}),
+            verbose=False,
+        )
     return contract

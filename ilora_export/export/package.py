@@ -42,8 +42,10 @@ def check_graph(file: Path) -> None:
     try:
         onnx.checker.check_model(str(file), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise ExportError(f"{file}: the exported graph does not pass onnx.checker ({str(err)[:300]})",
-                          "please report this with the checkpoint's config.json") from None
+        raise ExportError(
+            f"{file}: the exported graph does not pass onnx.checker ({str(err)[:300]})",
+            "please report this with the checkpoint's config.json",
+        ) from None
 
 
 def _opset(file: Path) -> int:
@@ -59,8 +61,12 @@ def _versions() -> dict:
 
     import ilora_export
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
-                "ilora_export": ilora_export.__version__}
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "ilora_export": ilora_export.__version__,
+    }
     try:
         import onnxruntime
 
@@ -70,9 +76,17 @@ def _versions() -> dict:
     return versions
 
 
-def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: bool = False,
-                      base_model: str | None = None, validate: bool = True, plain: bool = False,
-                      log: Callable[[str], None] | None = None) -> Path:
+def export_checkpoint(
+    checkpoint,
+    output,
+    *,
+    dtype: str = "fp32",
+    bake_experts: bool = False,
+    base_model: str | None = None,
+    validate: bool = True,
+    plain: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Export ``checkpoint`` to ``output``: encoder + decoder graphs, bank, embeddings, manifest.
 
     The folder is written atomically: it appears complete (manifest last, with every file's sha256)
@@ -99,8 +113,10 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.float().eval()
     shape = model_shape(model)
-    say(f"loaded {checkpoint} ({shape.num_layers} layers, hidden {shape.hidden_size}, "
-        f"K {model.spec.num_experts}, r {model.spec.r}) in {time.perf_counter() - t0:.0f} s")
+    say(
+        f"loaded {checkpoint} ({shape.num_layers} layers, hidden {shape.hidden_size}, "
+        f"K {model.spec.num_experts}, r {model.spec.r}) in {time.perf_counter() - t0:.0f} s"
+    )
     ckpt_path = Path(loaded.info.path)
     with atomic_dir(output, replaceable=of_kind(EXPORT), what="an export") as tmp:
         t = time.perf_counter()
@@ -135,8 +151,11 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
 
         cfg = loaded.info.config
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "dtype": dtype_name, "bake_experts": bake_experts, "adapters": not plain,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dtype": dtype_name,
+            "bake_experts": bake_experts,
+            "adapters": not plain,
             "graphs": {"encoder": encoder_contract(shape).to_dict(), "decoder": contract.to_dict()},
             "model": shape.to_dict() | {"item_num": model.sasrec.item_num, "state_size": model.sasrec.state_size},
             "adapter": {k: cfg["adapter"][k] for k in ("r", "alpha", "num_experts", "target_modules", "gate")}
@@ -148,19 +167,25 @@ def export_checkpoint(checkpoint, output, *, dtype: str = "fp32", bake_experts: 
             "prompts_source": cfg["prompts"]["source"],
             "opset": _opset(tmp / DECODER_FILE),
             "versions": _versions(),
-            "source": {"checkpoint": str(ckpt_path.resolve()),
-                       "checkpoint_sha256": sha256_file(ckpt_path / "config.json"),
-                       "base_model": {k: cfg["base_model"][k] for k in ("ref", "fingerprint", "model_type",
-                                                                         "hidden_size", "num_hidden_layers")}},
+            "source": {
+                "checkpoint": str(ckpt_path.resolve()),
+                "checkpoint_sha256": sha256_file(ckpt_path / "config.json"),
+                "base_model": {
+                    k: cfg["base_model"][k]
+                    for k in ("ref", "fingerprint", "model_type", "hidden_size", "num_hidden_layers")
+                },
+            },
             "files": hash_tree(tmp, exclude=MANIFEST),
         }
         write_manifest(tmp / MANIFEST, manifest)
         if validate:
             t = time.perf_counter()
             report = validate_export(tmp, model)
-            say(f"validated against PyTorch ({time.perf_counter() - t:.0f} s): prefill max |dlogits| "
+            say(
+                f"validated against PyTorch ({time.perf_counter() - t:.0f} s): prefill max |dlogits| "
                 f"{report['prefill_logits_max_abs']:.2e}, decode {report['decode_logits_max_abs']:.2e}, "
-                f"greedy tokens agree {report['greedy_token_agreement']:.0%}")
+                f"greedy tokens agree {report['greedy_token_agreement']:.0%}"
+            )
             manifest["validation"] = report
             write_manifest(tmp / MANIFEST, manifest)
     say(f"export written to {output} in {time.perf_counter() - t0:.0f} s")
@@ -177,9 +202,11 @@ def validate_export(export_dir, model, *, threads: int | None = None) -> dict:
     export = load_export(export_dir)
     info = export.info
     reference = TorchBackend(model, adapters=info.manifest.get("adapters", True))
-    return compare_backends(reference, OrtBackend(export, threads=threads), export.assets,
-                            info.manifest["model"]["state_size"], tolerance=info.tolerance,
-                            strict_argmax=info.dtype == "float32")
-
-
-
+    return compare_backends(
+        reference,
+        OrtBackend(export, threads=threads),
+        export.assets,
+        info.manifest["model"]["state_size"],
+        tolerance=info.tolerance,
+        strict_argmax=info.dtype == "float32",
+    )

@@ -31,8 +31,16 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max())
 
 
-def compare_backends(reference: Backend, candidate: Backend, assets: PromptAssets, state_size: int, *,
-                     tolerance: dict, decode_steps: int = 3, strict_argmax: bool = True) -> dict:
+def compare_backends(
+    reference: Backend,
+    candidate: Backend,
+    assets: PromptAssets,
+    state_size: int,
+    *,
+    tolerance: dict,
+    decode_steps: int = 3,
+    strict_argmax: bool = True,
+) -> dict:
     """Run both backends on the same left-padded prompts; raise ValidationError beyond ``tolerance``.
 
     ``tolerance`` maps "logits", "gate_weights", "item_embeds", "item_scores" to absolute bounds.
@@ -44,10 +52,13 @@ def compare_backends(reference: Backend, candidate: Backend, assets: PromptAsset
     seq, len_seq = batch.seq.numpy(), batch.len_seq.numpy()
     items = np.concatenate([seq, batch.candidates.numpy()], axis=1)
     enc_ref, enc_got = reference.encode(seq, len_seq, items), candidate.encode(seq, len_seq, items)
-    report = {"rows": len(examples), "prompt_tokens": int(batch.input_ids.shape[1]),
-              "gate_weights_max_abs": _max_abs(enc_ref.gate_weights, enc_got.gate_weights),
-              "item_embeds_max_abs": _max_abs(enc_ref.item_embeds, enc_got.item_embeds),
-              "item_scores_max_abs": _max_abs(enc_ref.item_scores, enc_got.item_scores)}
+    report = {
+        "rows": len(examples),
+        "prompt_tokens": int(batch.input_ids.shape[1]),
+        "gate_weights_max_abs": _max_abs(enc_ref.gate_weights, enc_got.gate_weights),
+        "item_embeds_max_abs": _max_abs(enc_ref.item_embeds, enc_got.item_embeds),
+        "item_scores_max_abs": _max_abs(enc_ref.item_scores, enc_got.item_scores),
+    }
 
     inputs, _ = prompt_inputs(reference, batch, assets.token_ids)  # the reference's prompt feeds both
     ref_decoding, got_decoding = Decoding(reference), Decoding(candidate)
@@ -59,18 +70,30 @@ def compare_backends(reference: Backend, candidate: Backend, assets: PromptAsset
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         total += ref.shape[0]
         inputs = ref_decoding.next_inputs(inputs, ref.argmax(-1))
-    report |= {"prefill_logits_max_abs": deltas[0], "decode_logits_max_abs": max(deltas[1:], default=0.0),
-               "greedy_token_agreement": agree / total, "decode_steps": decode_steps}
+    report |= {
+        "prefill_logits_max_abs": deltas[0],
+        "decode_logits_max_abs": max(deltas[1:], default=0.0),
+        "greedy_token_agreement": agree / total,
+        "decode_steps": decode_steps,
+    }
 
-    failures = [f"{name} max |delta| {report[key]:.3g} > {tolerance[name]:.3g}"
-                for name, key in (("gate_weights", "gate_weights_max_abs"), ("item_embeds", "item_embeds_max_abs"),
-                                  ("item_scores", "item_scores_max_abs"), ("logits", "prefill_logits_max_abs"),
-                                  ("logits", "decode_logits_max_abs"))
-                if name in tolerance and report[key] > tolerance[name]]
+    failures = [
+        f"{name} max |delta| {report[key]:.3g} > {tolerance[name]:.3g}"
+        for name, key in (
+            ("gate_weights", "gate_weights_max_abs"),
+            ("item_embeds", "item_embeds_max_abs"),
+            ("item_scores", "item_scores_max_abs"),
+            ("logits", "prefill_logits_max_abs"),
+            ("logits", "decode_logits_max_abs"),
+        )
+        if name in tolerance and report[key] > tolerance[name]
+    ]
     if strict_argmax and agree != total:
         failures.append(f"greedy tokens differ ({agree}/{total} equal)")
     if failures:
-        raise ValidationError(f"{candidate.name} disagrees with {reference.name}: " + "; ".join(failures),
-                              "the exported graph does not reproduce the model; please report this with "
-                              "manifest.json", report)
+        raise ValidationError(
+            f"{candidate.name} disagrees with {reference.name}: " + "; ".join(failures),
+            "the exported graph does not reproduce the model; please report this with manifest.json",
+            report,
+        )
     return report

@@ -53,16 +53,31 @@ def token_ids(tokenizer) -> dict[str, int]:
 class ILoRAModel(nn.Module):
     """LLM + MoE-LoRA expert bank + SASRec + gate + item projector."""
 
-    def __init__(self, llm: nn.Module, tokenizer, sasrec: SASRec, spec: AdapterSpec, *,
-                 gate_net: nn.Module | None = None, projector: nn.Module | None = None):
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer,
+        sasrec: SASRec,
+        spec: AdapterSpec,
+        *,
+        gate_net: nn.Module | None = None,
+        projector: nn.Module | None = None,
+    ):
         super().__init__()
         self.tokenizer = tokenizer
         self.spec = spec
         self.token_ids = token_ids(tokenizer)
         self.expert_gate = ExpertGate(spec.num_experts)
         llm.requires_grad_(False)
-        inject_moe_lora(llm, spec.target_modules, r=spec.r, alpha=spec.alpha, num_experts=spec.num_experts,
-                        dropout=spec.dropout, gate=self.expert_gate)
+        inject_moe_lora(
+            llm,
+            spec.target_modules,
+            r=spec.r,
+            alpha=spec.alpha,
+            num_experts=spec.num_experts,
+            dropout=spec.dropout,
+            gate=self.expert_gate,
+        )
         self.llm = llm
         self.sasrec = sasrec.requires_grad_(False)
         d_rec = sasrec.item_embeddings.weight.shape[1]
@@ -124,16 +139,18 @@ class ILoRAModel(nn.Module):
         scorable = items.clamp(max=self.sasrec.item_num - 1)  # [B, N]
         return gate, embeds, self.sasrec.score_candidates(seq, len_seq, scorable).float()
 
-    def embed_prompt(self, input_ids: torch.Tensor, seq: torch.Tensor, len_seq: torch.Tensor,
-                     candidates: torch.Tensor) -> torch.Tensor:
+    def embed_prompt(
+        self, input_ids: torch.Tensor, seq: torch.Tensor, len_seq: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
         """Token embeddings with placeholders replaced, in order, by projected item embeddings.
 
         input_ids [B, S]; seq [B, L] (the first len_seq items are real); candidates [B, N] -> [B, S, H].
         Row b must hold exactly len_seq[b] ``[HistoryEmb]`` and N ``[CansEmb]`` tokens.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)  # [B, S, H]
-        slots = T.placeholder_slots(input_ids.cpu().numpy(), len_seq.cpu().numpy(), seq.shape[1],
-                                    candidates.shape[1], self.token_ids)
+        slots = T.placeholder_slots(
+            input_ids.cpu().numpy(), len_seq.cpu().numpy(), seq.shape[1], candidates.shape[1], self.token_ids
+        )
         row, position, item = (torch.from_numpy(a).to(input_ids.device) for a in slots)  # [P] each
         hist = self.item_embeds(seq).to(embeds.dtype)  # [B, L, H]
         cans = self.item_embeds(candidates).to(embeds.dtype)  # [B, N, H]
@@ -147,8 +164,13 @@ class ILoRAModel(nn.Module):
         gate = self.gate_weights(seq, len_seq)
         position_ids = positions_from_mask(attention_mask)
         with self.expert_gate.use(gate):
-            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                            labels=labels, use_cache=False)
+            return self.llm(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                use_cache=False,
+            )
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

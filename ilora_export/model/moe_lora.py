@@ -63,8 +63,17 @@ class ExpertGate:
 class MoELoraLinear(nn.Module):
     """A frozen ``nn.Linear`` plus a K-expert LoRA bank mixed by an :class:`ExpertGate`."""
 
-    def __init__(self, base_layer: nn.Linear, *, r: int, alpha: float, num_experts: int, dropout: float,
-                 gate: ExpertGate, adapter_name: str = DEFAULT_ADAPTER):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        *,
+        r: int,
+        alpha: float,
+        num_experts: int,
+        dropout: float,
+        gate: ExpertGate,
+        adapter_name: str = DEFAULT_ADAPTER,
+    ):
         super().__init__()
         self.expert_rank = expert_rank(r, num_experts)  # ValueError unless K divides r
         self.base_layer = base_layer
@@ -76,8 +85,9 @@ class MoELoraLinear(nn.Module):
         dev, dtype = base_layer.weight.device, base_layer.weight.dtype
         for factor in FACTORS:  # self.lora_A, self.lora_B: {adapter: Linear}, weight A [r, in], B [out, r]
             rows, cols = layer_shape(factor, base_layer.in_features, base_layer.out_features, r)
-            self.add_module(factor, nn.ModuleDict({adapter_name: nn.Linear(cols, rows, bias=False, device=dev,
-                                                                           dtype=dtype)}))
+            self.add_module(
+                factor, nn.ModuleDict({adapter_name: nn.Linear(cols, rows, bias=False, device=dev, dtype=dtype)})
+            )
         self.lora_dropout = nn.ModuleDict({adapter_name: nn.Dropout(dropout) if dropout > 0 else nn.Identity()})
         self.disabled = False  # see adapters_disabled()
         self.reset_lora_parameters()
@@ -112,8 +122,16 @@ class MoELoraLinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha}, num_experts={self.num_experts}, scaling={self.scaling:g}"
 
 
-def inject_moe_lora(model: nn.Module, target_modules: list[str] | tuple[str, ...], *, r: int, alpha: float,
-                    num_experts: int, dropout: float, gate: ExpertGate) -> list[str]:
+def inject_moe_lora(
+    model: nn.Module,
+    target_modules: list[str] | tuple[str, ...],
+    *,
+    r: int,
+    alpha: float,
+    num_experts: int,
+    dropout: float,
+    gate: ExpertGate,
+) -> list[str]:
     """Wrap every ``nn.Linear`` whose attribute name is in ``target_modules``; returns the wrapped names.
 
     Raises ``ValueError`` when a target name matches nothing (a typo would otherwise train nothing).
@@ -124,8 +142,11 @@ def inject_moe_lora(model: nn.Module, target_modules: list[str] | tuple[str, ...
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if child_name in wanted and isinstance(child, nn.Linear):
-                setattr(module, child_name, MoELoraLinear(child, r=r, alpha=alpha, num_experts=num_experts,
-                                                          dropout=dropout, gate=gate))
+                setattr(
+                    module,
+                    child_name,
+                    MoELoraLinear(child, r=r, alpha=alpha, num_experts=num_experts, dropout=dropout, gate=gate),
+                )
                 wrapped.append(f"{name}.{child_name}" if name else child_name)
                 found.add(child_name)
     missing = wanted - found
@@ -186,20 +207,28 @@ class BankLayout:
         """The sizes the stored layout follows from (every projection wrapped in every layer)."""
         counts = {len(names) for names in self.modules.values()}
         ranks = {(m.r, m.num_experts) for m in self._layers.values()}
-        features = {p: {(self._layers[n].in_features, self._layers[n].out_features) for n in names}
-                    for p, names in self.modules.items()}
+        features = {
+            p: {(self._layers[n].in_features, self._layers[n].out_features) for n in names}
+            for p, names in self.modules.items()
+        }
         if len(counts) != 1 or len(ranks) != 1 or any(len(f) != 1 for f in features.values()):
-            raise ValueError("the expert bank is not one stack per projection: every projection must be wrapped "
-                             "in every layer, with one rank and expert count")
-        (r, k), = ranks
-        return BankShape(num_layers=counts.pop(), features={p: f.pop() for p, f in features.items()}, r=r,
-                         num_experts=k)
+            raise ValueError(
+                "the expert bank is not one stack per projection: every projection must be wrapped "
+                "in every layer, with one rank and expert count"
+            )
+        ((r, k),) = ranks
+        return BankShape(
+            num_layers=counts.pop(), features={p: f.pop() for p, f in features.items()}, r=r, num_experts=k
+        )
 
     def stack(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """key -> the layers' factors stacked in their own orientation, A [L, r, in], B [L, out, r]."""
         params = dict(model.named_parameters())
-        return {bank_key(f, p): torch.stack([params[parameter_name(n, f, self.adapter)] for n in names]).detach()
-                for p, names in self.modules.items() for f in FACTORS}
+        return {
+            bank_key(f, p): torch.stack([params[parameter_name(n, f, self.adapter)] for n in names]).detach()
+            for p, names in self.modules.items()
+            for f in FACTORS
+        }
 
     def stored(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """key -> the bank as stored, A [L, in, r], B [L, r, out] (contiguous)."""
@@ -207,8 +236,12 @@ class BankLayout:
 
     def parameters_from(self, bank: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Parameter name -> layer slice of ``bank`` (key -> [L, ...], any orientation: sliced as is)."""
-        return {parameter_name(n, f, self.adapter): bank[bank_key(f, p)][i]
-                for p, names in self.modules.items() for i, n in enumerate(names) for f in FACTORS}
+        return {
+            parameter_name(n, f, self.adapter): bank[bank_key(f, p)][i]
+            for p, names in self.modules.items()
+            for i, n in enumerate(names)
+            for f in FACTORS
+        }
 
     def parameters_from_stored(self, bank: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Parameter name -> the layer's slice of the stored ``bank``, back in its own orientation."""

@@ -32,8 +32,12 @@ class PromptBatch:
     labels: torch.Tensor | None = None  # [B, S]
 
     def to(self, device) -> PromptBatch:
-        return PromptBatch(*(None if t is None else t.to(device) for t in (
-            self.input_ids, self.attention_mask, self.seq, self.len_seq, self.candidates, self.labels)))
+        return PromptBatch(
+            *(
+                None if t is None else t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.seq, self.len_seq, self.candidates, self.labels)
+            )
+        )
 
 
 class PromptBuilder:
@@ -54,13 +58,10 @@ class PromptBuilder:
 
     def text(self, seq, len_seq: int, candidates, template_index: int = 0) -> str:
         template = self.templates.templates[template_index % len(self.templates.templates)]
-        return render_prompt(template, [self._title(i) for i in seq[:len_seq]],
-                             [self._title(i) for i in candidates])
+        return render_prompt(template, [self._title(i) for i in seq[:len_seq]], [self._title(i) for i in candidates])
 
-    def encode(self, seq, len_seq: int, candidates, *, template_index: int = 0,
-               answer: int | None = None) -> Example:
-        ids = self.tokenizer(self.text(seq, len_seq, candidates, template_index),
-                             add_special_tokens=True)["input_ids"]
+    def encode(self, seq, len_seq: int, candidates, *, template_index: int = 0, answer: int | None = None) -> Example:
+        ids = self.tokenizer(self.text(seq, len_seq, candidates, template_index), add_special_tokens=True)["input_ids"]
         labels = None
         if answer is not None:
             ans = self.tokenizer(self._title(answer) + self.terminator, add_special_tokens=False)["input_ids"]

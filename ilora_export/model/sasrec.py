@@ -65,8 +65,7 @@ class PositionwiseFeedForward(nn.Module):
 class SASRec(nn.Module):
     """Item ids ``0..item_num-1``; ``item_num`` is the padding id (sequences padded at the end)."""
 
-    def __init__(self, item_num: int, hidden: int = 64, state_size: int = 10, num_heads: int = 1,
-                 dropout: float = 0.1):
+    def __init__(self, item_num: int, hidden: int = 64, state_size: int = 10, num_heads: int = 1, dropout: float = 0.1):
         super().__init__()
         self.item_num = int(item_num)
         self.hidden = int(hidden)
@@ -120,10 +119,8 @@ class SASRec(nn.Module):
         """Next-item logits over the whole catalogue: [B, item_num]."""
         return self.s_fc(self.user_representation(seq, len_seq))
 
-    def score_candidates(self, seq: torch.Tensor, len_seq: torch.Tensor,
-                         candidates: torch.Tensor) -> torch.Tensor:
+    def score_candidates(self, seq: torch.Tensor, len_seq: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Logits of the candidate ids [B, N] (each < item_num): [B, N]."""
         user = self.user_representation(seq, len_seq)  # [B, H]
         weight = self.s_fc.weight[candidates]  # [B, N, H]
         return (weight @ user.unsqueeze(-1)).squeeze(-1) + self.s_fc.bias[candidates]  # [B, N]
-

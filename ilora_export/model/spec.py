@@ -28,8 +28,13 @@ class AdapterSpec:
     @staticmethod
     def _cross_check(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         if {"r", "num_experts"} <= v.keys() and v["r"] % v["num_experts"]:
-            yield "r", (f"must be divisible by adapter.num_experts (r={v['r']}, num_experts={v['num_experts']}): "
-                        "each expert gets r / num_experts ranks")
+            yield (
+                "r",
+                (
+                    f"must be divisible by adapter.num_experts (r={v['r']}, num_experts={v['num_experts']}): "
+                    "each expert gets r / num_experts ranks"
+                ),
+            )
         modules = v.get("target_modules", ())
         for name in sorted({m for m in modules if modules.count(m) > 1}):
             yield "target_modules", f"lists {name!r} more than once"

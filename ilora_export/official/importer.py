@@ -26,8 +26,10 @@ import torch
 from ilora_export.errors import CheckpointError
 from ilora_export.official.safe_pickle import DEFAULT_ALLOWED, safe_load
 
-LORA_KEY = re.compile(r"^llama_model\.base_model\.model\.(?P<name>model\.layers\.(?P<layer>\d+)\."
-                      r"(?:self_attn|mlp)\.(?P<proj>\w+_proj))\.lora_(?P<ab>[AB])\.default\.weight$")
+LORA_KEY = re.compile(
+    r"^llama_model\.base_model\.model\.(?P<name>model\.layers\.(?P<layer>\d+)\."
+    r"(?:self_attn|mlp)\.(?P<proj>\w+_proj))\.lora_(?P<ab>[AB])\.default\.weight$"
+)
 GATING_KEY = re.compile(r"\.(?P<proj>\w+_proj)\.gating\.default\.linear_layer\.weight$")
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -40,10 +42,13 @@ def read_official_state(path) -> tuple[dict[str, torch.Tensor], dict]:
     elif isinstance(obj, Mapping):
         state, hparams = obj, {}
     else:
-        raise CheckpointError(f"{path}: holds {type(obj).__name__}, not a Lightning checkpoint or a state dict",
-                              "pass the .ckpt the official training wrote")
-    hparams = dict(vars(hparams)) if hasattr(hparams, "__dict__") and not isinstance(hparams, Mapping) \
-        else dict(hparams)
+        raise CheckpointError(
+            f"{path}: holds {type(obj).__name__}, not a Lightning checkpoint or a state dict",
+            "pass the .ckpt the official training wrote",
+        )
+    hparams = (
+        dict(vars(hparams)) if hasattr(hparams, "__dict__") and not isinstance(hparams, Mapping) else dict(hparams)
+    )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state_dict entry {bad[0]!r} is not a tensor", "pass an official iLoRA .ckpt")
@@ -61,41 +66,60 @@ def _official_layout(state: dict, path) -> dict:
             projs.add(m["proj"])
             layers.add(int(m["layer"]))
     if not bank:
-        raise CheckpointError(f"{path}: no LoRA weights under llama_model.base_model.model.model.layers.*",
-                              "pass a checkpoint written by the official iLoRA training")
+        raise CheckpointError(
+            f"{path}: no LoRA weights under llama_model.base_model.model.model.layers.*",
+            "pass a checkpoint written by the official iLoRA training",
+        )
     ranks = {t.shape[0] for k, t in bank.items() if ".lora_A." in k} | {
-        t.shape[1] for k, t in bank.items() if ".lora_B." in k}
+        t.shape[1] for k, t in bank.items() if ".lora_B." in k
+    }
     if len(ranks) != 1:
-        raise CheckpointError(f"{path}: LoRA weights disagree on the rank ({sorted(ranks)})",
-                              "the checkpoint is inconsistent")
+        raise CheckpointError(
+            f"{path}: LoRA weights disagree on the rank ({sorted(ranks)})", "the checkpoint is inconsistent"
+        )
     gating_k = {t.shape[0] for k, t in state.items() if GATING_KEY.search(k)}
     router = {k.removeprefix("router."): t for k, t in state.items() if k.startswith("router.")}
     projector = {k.removeprefix("projector."): t for k, t in state.items() if k.startswith("projector.")}
     if set(projector) != {"mlp_proj.0.weight", "mlp_proj.0.bias", "mlp_proj.2.weight", "mlp_proj.2.bias"}:
-        raise CheckpointError(f"{path}: projector.mlp_proj.{{0,2}}.{{weight,bias}} missing or incomplete",
-                              "pass a checkpoint written by the official iLoRA training")
-    return {"bank": bank, "r": ranks.pop(), "projections": sorted(projs), "layers": sorted(layers),
-            "gating_k": gating_k, "router": router, "projector": projector}
+        raise CheckpointError(
+            f"{path}: projector.mlp_proj.{{0,2}}.{{weight,bias}} missing or incomplete",
+            "pass a checkpoint written by the official iLoRA training",
+        )
+    return {
+        "bank": bank,
+        "r": ranks.pop(),
+        "projections": sorted(projs),
+        "layers": sorted(layers),
+        "gating_k": gating_k,
+        "router": router,
+        "projector": projector,
+    }
 
 
 def _num_experts(layout: dict, requested: int | None, path) -> int:
     router_k = layout["router"]["gate.fc.weight"].shape[0] if "gate.fc.weight" in layout["router"] else None
     found = {k for k in (router_k, *layout["gating_k"]) if k is not None}
     if len(found) > 1:
-        raise CheckpointError(f"{path}: router and gating layers disagree on the number of experts ({sorted(found)})",
-                              "the checkpoint is inconsistent")
+        raise CheckpointError(
+            f"{path}: router and gating layers disagree on the number of experts ({sorted(found)})",
+            "the checkpoint is inconsistent",
+        )
     if not found:
         if requested != 1:
-            raise CheckpointError(f"{path}: a plain LoRA checkpoint (no router, no gating layers)",
-                                  "import it as a single expert with --num-experts 1")
+            raise CheckpointError(
+                f"{path}: a plain LoRA checkpoint (no router, no gating layers)",
+                "import it as a single expert with --num-experts 1",
+            )
         return 1
     k = found.pop()
     if requested is not None and requested != k:
-        raise CheckpointError(f"{path}: the checkpoint has {k} experts, --num-experts says {requested}",
-                              f"drop --num-experts or pass {k}")
+        raise CheckpointError(
+            f"{path}: the checkpoint has {k} experts, --num-experts says {requested}", f"drop --num-experts or pass {k}"
+        )
     if layout["r"] % k:
-        raise CheckpointError(f"{path}: rank {layout['r']} does not split into {k} experts",
-                              "the checkpoint is inconsistent")
+        raise CheckpointError(
+            f"{path}: rank {layout['r']} does not split into {k} experts", "the checkpoint is inconsistent"
+        )
     return k
 
 
@@ -115,9 +139,10 @@ def recalibrate_router(model, dataset, *, batch_size: int = 256, progress: bool 
         bn.momentum = None  # cumulative moving average over all batches
     model.gate_net.train()
     with torch.no_grad():
-        for start in tqdm(range(0, len(seq), batch_size), desc="router statistics", unit="batch",
-                          disable=not progress):
-            user = model.sasrec.user_representation(seq[start:start + batch_size], len_seq[start:start + batch_size])
+        for start in tqdm(range(0, len(seq), batch_size), desc="router statistics", unit="batch", disable=not progress):
+            user = model.sasrec.user_representation(
+                seq[start : start + batch_size], len_seq[start : start + batch_size]
+            )
             model.gate_net(user.to(model.projector_dtype))
     for bn in bns:
         bn.momentum = 0.1
@@ -125,9 +150,19 @@ def recalibrate_router(model, dataset, *, batch_size: int = 256, progress: bool 
     return len(seq)
 
 
-def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_file=None,
-                    num_experts: int | None = None, lora_alpha: float | None = None,
-                    recalibrate_router_data=None, log: Callable[[str], None] = print) -> Path:
+def import_official(
+    ckpt,
+    rec_model,
+    base_model,
+    output,
+    *,
+    data_dir,
+    prompt_file=None,
+    num_experts: int | None = None,
+    lora_alpha: float | None = None,
+    recalibrate_router_data=None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Convert an official iLoRA checkpoint (+ its SASRec and base LLM) into a checkpoint directory.
 
     ``data_dir`` supplies the catalogue (item titles); ``prompt_file`` the templates the model was
@@ -150,30 +185,43 @@ def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_fil
     k = _num_experts(layout, num_experts, ckpt)
     r = layout["r"]
     if "lora_r" in hparams and int(hparams["lora_r"]) != r:
-        raise CheckpointError(f"{ckpt}: hyper_parameters say lora_r={hparams['lora_r']}, the weights have rank {r}",
-                              "the checkpoint is inconsistent")
+        raise CheckpointError(
+            f"{ckpt}: hyper_parameters say lora_r={hparams['lora_r']}, the weights have rank {r}",
+            "the checkpoint is inconsistent",
+        )
     alpha = float(lora_alpha if lora_alpha is not None else hparams.get("lora_alpha", 32))
     dataset = load_dataset(data_dir)  # checked before the long work
     templates = load_prompt_file(prompt_file) if prompt_file else default_templates()
     if prompt_file is None:
-        log("Warning: no --prompt-file; using the project's templates. The official scripts trained with "
-            "prompt/<dataset>.txt: pass that file to prompt the model as it was trained.")
+        log(
+            "Warning: no --prompt-file; using the project's templates. The official scripts trained with "
+            "prompt/<dataset>.txt: pass that file to prompt the model as it was trained."
+        )
     sasrec = load_official_sasrec(rec_model)
     if sasrec.item_num != dataset.catalogue.num_items:
-        raise CheckpointError(f"{rec_model}: SASRec knows {sasrec.item_num} items, {data_dir} has "
-                              f"{dataset.catalogue.num_items}", "pass the dataset the model was trained on")
+        raise CheckpointError(
+            f"{rec_model}: SASRec knows {sasrec.item_num} items, {data_dir} has {dataset.catalogue.num_items}",
+            "pass the dataset the model was trained on",
+        )
 
     base_dir = resolve_base_model(base_model)
     llm, tokenizer = load_base_model(base_dir)
     cfg = llm.config
-    a_in = next(t.shape[1] for key, t in layout["bank"].items() if ".self_attn.q_proj.lora_A." in key) \
-        if "q_proj" in layout["projections"] else next(iter(layout["bank"].values())).shape[-1]
+    a_in = (
+        next(t.shape[1] for key, t in layout["bank"].items() if ".self_attn.q_proj.lora_A." in key)
+        if "q_proj" in layout["projections"]
+        else next(iter(layout["bank"].values())).shape[-1]
+    )
     if "q_proj" in layout["projections"] and a_in != cfg.hidden_size:
-        raise CheckpointError(f"{ckpt}: trained on a base model of width {a_in}, {base_dir} has {cfg.hidden_size}",
-                              "pass the base model the checkpoint was trained on (Llama-2-7B for the official scripts)")
+        raise CheckpointError(
+            f"{ckpt}: trained on a base model of width {a_in}, {base_dir} has {cfg.hidden_size}",
+            "pass the base model the checkpoint was trained on (Llama-2-7B for the official scripts)",
+        )
     if max(layout["layers"]) >= cfg.num_hidden_layers:
-        raise CheckpointError(f"{ckpt}: LoRA weights for {max(layout['layers']) + 1} layers, {base_dir} has "
-                              f"{cfg.num_hidden_layers}", "pass the base model the checkpoint was trained on")
+        raise CheckpointError(
+            f"{ckpt}: LoRA weights for {max(layout['layers']) + 1} layers, {base_dir} has {cfg.num_hidden_layers}",
+            "pass the base model the checkpoint was trained on",
+        )
     add_ilora_tokens(tokenizer, llm)
 
     d_rec = sasrec.item_embeddings.weight.shape[1]
@@ -185,14 +233,23 @@ def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_fil
         router = layout["router"]
         trainable = {n: t for n, t in gate.state_dict().items() if not n.endswith(BN_STATS)}
         if set(router) - set(gate.state_dict()) or set(trainable) - set(router):
-            raise CheckpointError(f"{ckpt}: router.* does not match the official 'share' ResNet router",
-                                  "only the shipped 'share' router is supported")
+            raise CheckpointError(
+                f"{ckpt}: router.* does not match the official 'share' ResNet router",
+                "only the shipped 'share' router is supported",
+            )
         _load(gate, router, f"{ckpt} (router.*)", strict=False)
         gate_kind = "resnet"
     else:
         gate, gate_kind = None, "dense"
-    spec = AdapterSpec(r=r, alpha=alpha, dropout=float(hparams.get("lora_dropout", 0.1)), num_experts=k,
-                       target_modules=layout["projections"], gate=gate_kind, projector_hidden=int(w0.shape[0]))
+    spec = AdapterSpec(
+        r=r,
+        alpha=alpha,
+        dropout=float(hparams.get("lora_dropout", 0.1)),
+        num_experts=k,
+        target_modules=layout["projections"],
+        gate=gate_kind,
+        projector_hidden=int(w0.shape[0]),
+    )
     model = ILoRAModel(llm, tokenizer, sasrec, spec, gate_net=gate, projector=projector)
     if gate is None:  # one expert: the mixture is the constant 1
         torch.nn.init.zeros_(model.gate_net.fc.weight), torch.nn.init.zeros_(model.gate_net.fc.bias)
@@ -202,26 +259,44 @@ def import_official(ckpt, rec_model, base_model, output, *, data_dir, prompt_fil
             if name not in params:
                 raise CheckpointError(f"{ckpt}: {name} has no place in {base_dir}", "pass the matching base model")
             if params[name].shape != t.shape:
-                raise CheckpointError(f"{ckpt}: {name} has shape {tuple(t.shape)}, the base model needs "
-                                      f"{tuple(params[name].shape)}",
-                                      "pass the base model the checkpoint was trained on")
+                raise CheckpointError(
+                    f"{ckpt}: {name} has shape {tuple(t.shape)}, the base model needs {tuple(params[name].shape)}",
+                    "pass the base model the checkpoint was trained on",
+                )
             params[name].copy_(t)
 
     stats = "mean 0 / variance 1 (not saved by the official code; as its test run)"
     if gate_kind == "resnet" and recalibrate_router_data is None:
-        log("Warning: the router's BatchNorm statistics are not in the checkpoint; using mean 0 / variance 1 as "
-            "the official test run does. --recalibrate-router DATA estimates them from training sequences.")
+        log(
+            "Warning: the router's BatchNorm statistics are not in the checkpoint; using mean 0 / variance 1 as "
+            "the official test run does. --recalibrate-router DATA estimates them from training sequences."
+        )
     elif gate_kind == "resnet":
         n = recalibrate_router(model, load_dataset(recalibrate_router_data))
         stats = f"recalibrated on {n} training sequences of {recalibrate_router_data}"
         log(f"router BatchNorm statistics estimated from {n} training sequences")
-    extra = {"imported_from": {"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt),
-                               "rec_model": str(rec_model), "rec_model_sha256": sha256_file(rec_model),
-                               "router_batchnorm": stats if gate_kind == "resnet" else None}}
-    out = save_checkpoint(model.eval(), output, base_model_ref=str(base_model), base_model_dir=base_dir,
-                          catalogue=dataset.catalogue, templates=templates, extra=extra)
-    log(f"imported {ckpt}: {len(layout['layers'])} layers x {len(layout['projections'])} projections, r {r}, "
-        f"K {k}, scaling {spec.scaling:g}, gate {gate_kind} -> {out}")
+    extra = {
+        "imported_from": {
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "rec_model": str(rec_model),
+            "rec_model_sha256": sha256_file(rec_model),
+            "router_batchnorm": stats if gate_kind == "resnet" else None,
+        }
+    }
+    out = save_checkpoint(
+        model.eval(),
+        output,
+        base_model_ref=str(base_model),
+        base_model_dir=base_dir,
+        catalogue=dataset.catalogue,
+        templates=templates,
+        extra=extra,
+    )
+    log(
+        f"imported {ckpt}: {len(layout['layers'])} layers x {len(layout['projections'])} projections, r {r}, "
+        f"K {k}, scaling {spec.scaling:g}, gate {gate_kind} -> {out}"
+    )
     return out
 
 
@@ -229,7 +304,9 @@ def _load(module: torch.nn.Module, sd: dict, where: str, strict: bool = True) ->
     own = module.state_dict()
     for name, t in sd.items():
         if name not in own or own[name].shape != t.shape:
-            raise CheckpointError(f"{where}: {name} {tuple(t.shape)} does not fit "
-                                  f"{tuple(own[name].shape) if name in own else 'this module'}",
-                                  "the checkpoint does not match the base model or SASRec given")
+            raise CheckpointError(
+                f"{where}: {name} {tuple(t.shape)} does not fit "
+                f"{tuple(own[name].shape) if name in own else 'this module'}",
+                "the checkpoint does not match the base model or SASRec given",
+            )
     module.load_state_dict(sd, strict=strict)

@@ -82,8 +82,7 @@ _STORAGE_TYPES = {
 }
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                    metadata=None):
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """``torch._utils._rebuild_tensor_v2`` over a flat tensor standing for the storage."""
     if not isinstance(storage, torch.Tensor) or storage.dim() != 1:
         raise UnsafePickleError("tensor record does not point at a storage")
@@ -161,8 +160,10 @@ TORCH_NN_ALLOWED: dict[str, object] = stand_ins(
 
 # ------------------------------------------------------------------ the unpickler
 
-_HINT = ("The file may be malicious, or it holds an object this loader does not know. "
-        "Only load checkpoints from sources you trust; do not bypass the allowlist.")
+_HINT = (
+    "The file may be malicious, or it holds an object this loader does not know. "
+    "Only load checkpoints from sources you trust; do not bypass the allowlist."
+)
 
 #: BUILD on anything else is refused: stand-ins, a state dict's ``_metadata``, ``argparse.Namespace``
 #: attributes and a numpy dtype's byte order.
@@ -177,8 +178,9 @@ def _unpickler(file, allowed: Mapping[str, object], source: str, storages=None) 
             raise UnsafePickleError(f"{source}: unexpected persistent id {pid!r}")
         return storages(pid)
 
-    return RestrictedUnpickler(file, allowed=allowed, source=source, setters=_SETTERS,
-                               persistent_load=persistent_load, hint=_HINT)
+    return RestrictedUnpickler(
+        file, allowed=allowed, source=source, setters=_SETTERS, persistent_load=persistent_load, hint=_HINT
+    )
 
 
 def _storage_dtype(storage_type: object, source: str) -> torch.dtype:
@@ -280,8 +282,18 @@ def safe_load(path: str | Path, allowed: Mapping[str, object] | None = None) -> 
         return _load_stream(path, allowed, source)
     except (UnsafePickleError, CheckpointError):
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, ValueError,
-            TypeError, IndexError, KeyError, AttributeError, RuntimeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        struct.error,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        RuntimeError,
+    ) as exc:
         raise CheckpointError(f"{source}: unreadable pickle ({type(exc).__name__}: {exc})") from exc
 
 

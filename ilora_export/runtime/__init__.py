@@ -18,5 +18,14 @@ from ilora_export.runtime.generator import (
     prompt_inputs,
 )
 
-__all__ = ["Backend", "Decoding", "Encoded", "Generation", "PromptAssets", "StepInputs", "assemble_prompt",
-           "greedy_generate", "prompt_inputs"]
+__all__ = [
+    "Backend",
+    "Decoding",
+    "Encoded",
+    "Generation",
+    "PromptAssets",
+    "StepInputs",
+    "assemble_prompt",
+    "greedy_generate",
+    "prompt_inputs",
+]

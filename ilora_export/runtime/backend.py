@@ -25,8 +25,14 @@ class Backend(Protocol):
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids [B, S] int64 -> token embeddings [B, S, H] in ``dtype``."""
 
-    def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-             gate_weights: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+    def step(
+        self,
+        embeds: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        gate_weights: np.ndarray,
+        state: Any,
+    ) -> tuple[np.ndarray, Any]:
         """One decoder call. ``state`` is None for the prefill, then what the previous call returned.
 
         embeds [B, S, H]; attention_mask [B, P+S]; position_ids [B, S]; gate_weights [B, K]

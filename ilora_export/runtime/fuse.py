@@ -96,14 +96,30 @@ def _match(graph, bank: dict[str, np.ndarray]) -> list[_Adapter]:
             scale = mul_s.input[1] if mul_s.input[0] == mm_b.output[0] else mul_s.input[0]
             base_out = add.input[0] if add.input[1] == mul_s.output[0] else add.input[1]
             base = producer.get(base_out)
-            if (b is None or scale not in consts or consts[scale].size != 1 or base is None
-                    or base.op_type != "MatMul" or base.input[0] != mm_a.input[0]
-                    or base.input[1] not in float_inits or len(consumers[base_out]) != 1
-                    or len(consumers[gather_b.output[0]]) != 1 or len(float_inits[base.input[1]].dims) != 2):
+            if (
+                b is None
+                or scale not in consts
+                or consts[scale].size != 1
+                or base is None
+                or base.op_type != "MatMul"
+                or base.input[0] != mm_a.input[0]
+                or base.input[1] not in float_inits
+                or len(consumers[base_out]) != 1
+                or len(consumers[gather_b.output[0]]) != 1
+                or len(float_inits[base.input[1]].dims) != 2
+            ):
                 continue
-            found.append(_Adapter(x=mm_a.input[0], gate=gate, a=a, b=b * consts[scale].reshape(()),
-                                  base_weight=base.input[1], output=add.output[0],
-                                  nodes=[gather_a, mm_a, mul_g, gather_b, mm_b, mul_s, add, base]))
+            found.append(
+                _Adapter(
+                    x=mm_a.input[0],
+                    gate=gate,
+                    a=a,
+                    b=b * consts[scale].reshape(()),
+                    base_weight=base.input[1],
+                    output=add.output[0],
+                    nodes=[gather_a, mm_a, mul_g, gather_b, mm_b, mul_s, add, base],
+                )
+            )
     return found
 
 
@@ -134,21 +150,26 @@ def fold_bank(model, bank: dict[str, np.ndarray], *, fuse: bool = True):
         n, r = len(members), stored_rank(LORA_A, members[0].a.shape)
         dtype = dtypes[members[0].base_weight]
         name = f"ilora_fused_{gi}"
-        new_inits.append(numpy_helper.from_array(
-            np.concatenate([ad.a for ad in members], axis=1).astype(dtype), f"{name}.A"))  # [in, n r]
+        new_inits.append(
+            numpy_helper.from_array(np.concatenate([ad.a for ad in members], axis=1).astype(dtype), f"{name}.A")
+        )  # [in, n r]
         if n not in tiled:
             tiled[n] = gate if n == 1 else f"ilora_gate_x{n}"
             if n > 1:
                 new_nodes.append(helper.make_node("Concat", [gate] * n, [tiled[n]], axis=-1))  # [B, 1, n r]
-        new_nodes += [helper.make_node("MatMul", [x, f"{name}.A"], [f"{name}.h"]),  # [B, S, n r]
-                      helper.make_node("Mul", [f"{name}.h", tiled[n]], [f"{name}.hg"]),
-                      helper.make_node("Concat", [x, f"{name}.hg"], [f"{name}.xh"], axis=-1)]  # [B, S, in + n r]
+        new_nodes += [
+            helper.make_node("MatMul", [x, f"{name}.A"], [f"{name}.h"]),  # [B, S, n r]
+            helper.make_node("Mul", [f"{name}.h", tiled[n]], [f"{name}.hg"]),
+            helper.make_node("Concat", [x, f"{name}.hg"], [f"{name}.xh"], axis=-1),
+        ]  # [B, S, in + n r]
         for i, ad in enumerate(members):
             rows = np.zeros((n * r, ad.b.shape[1]), dtype)  # [n r, out]: only this projection's slice
-            rows[i * r:(i + 1) * r] = ad.b
+            rows[i * r : (i + 1) * r] = ad.b
             new_inits.append(numpy_helper.from_array(rows, f"{name}.B{i}"))
-            new_nodes += [helper.make_node("Concat", [ad.base_weight, f"{name}.B{i}"], [f"{name}.W{i}"], axis=0),
-                          helper.make_node("MatMul", [f"{name}.xh", f"{name}.W{i}"], [ad.output])]
+            new_nodes += [
+                helper.make_node("Concat", [ad.base_weight, f"{name}.B{i}"], [f"{name}.W{i}"], axis=0),
+                helper.make_node("MatMul", [f"{name}.xh", f"{name}.W{i}"], [ad.output]),
+            ]
     graph.initializer.extend(new_inits)
     _replace_nodes(graph, removed, new_nodes)
     return model, len(adapters)
@@ -226,13 +247,27 @@ def fuse_rmsnorm(model):
         keep = next((a.i for a in mean.attribute if a.name == "keepdims"), 1)
         eps = next((i for i in add.input if i != mean.output[0]), None)
         weight = next((i for i in scale.input if i != mul.output[0]), None)
-        if (axes is None or axes.reshape(-1).tolist() != [-1] or not keep or eps not in consts
-                or consts[eps].size != 1 or weight not in floats):
+        if (
+            axes is None
+            or axes.reshape(-1).tolist() != [-1]
+            or not keep
+            or eps not in consts
+            or consts[eps].size != 1
+            or weight not in floats
+        ):
             continue
         chain = [pow_, mean, add, sqrt, recip, mul, scale]
         replaced |= {id(n) for n in chain}
-        new_nodes.append(helper.make_node("SimplifiedLayerNormalization", [x, weight], [scale.output[0]],
-                                          axis=-1, epsilon=float(consts[eps].reshape(-1)[0]), stash_type=1))
+        new_nodes.append(
+            helper.make_node(
+                "SimplifiedLayerNormalization",
+                [x, weight],
+                [scale.output[0]],
+                axis=-1,
+                epsilon=float(consts[eps].reshape(-1)[0]),
+                stash_type=1,
+            )
+        )
     if not new_nodes:
         return model, 0
     _replace_nodes(graph, replaced, new_nodes)

@@ -105,8 +105,9 @@ class Decoding:
 
     def step(self, inputs: StepInputs) -> np.ndarray:
         """One decoder call: last-position logits [B, V] float32."""
-        logits, self.state = self.backend.step(inputs.embeds, inputs.attention_mask, inputs.position_ids,
-                                               inputs.gate_weights, self.state)
+        logits, self.state = self.backend.step(
+            inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.gate_weights, self.state
+        )
         return logits
 
     def next_inputs(self, inputs: StepInputs, tokens: np.ndarray) -> StepInputs:
@@ -114,8 +115,13 @@ class Decoding:
         return inputs.then(self.backend.embed(tokens[:, None].astype(np.int64)))  # embeds [B, 1, H]
 
 
-def greedy_generate(backend: Backend, batch: PromptBatch, stop: StopRule, token_ids: dict[str, int],
-                    max_new_tokens: int = MAX_NEW_TOKENS) -> Generation:
+def greedy_generate(
+    backend: Backend,
+    batch: PromptBatch,
+    stop: StopRule,
+    token_ids: dict[str, int],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> Generation:
     """Greedy answers for a left-padded batch; a row stops at EOS or at a newline after its text."""
     inputs, scores = prompt_inputs(backend, batch, token_ids)
     decoding = Decoding(backend)

@@ -48,15 +48,21 @@ def load_export(path, *, verify_files: bool = True) -> LoadedExport:
     tokenizer = AutoTokenizer.from_pretrained(info.path / TOKENIZER, local_files_only=True)
     tokenizer.padding_side = "left"
     if {k: tokenizer.convert_tokens_to_ids(k) for k in m["tokens"]} != m["tokens"]:
-        raise ExportError(f"{info.path / TOKENIZER}: special-token ids differ from manifest.json",
-                          "the export is inconsistent; export again")
+        raise ExportError(
+            f"{info.path / TOKENIZER}: special-token ids differ from manifest.json",
+            "the export is inconsistent; export again",
+        )
     try:
         embeddings = load_file(info.path / EMBEDDINGS)["input_embeddings"]
     except (SafetensorError, OSError, KeyError) as err:
         raise ExportError(f"{info.path / EMBEDDINGS}: unreadable ({err})", "export again") from None
-    assets = PromptAssets(tokenizer, read_catalogue(info.path / CATALOGUE),
-                          read_templates(info.path / PROMPTS, m["prompts_source"]), dict(m["tokens"]),
-                          set(m["eos_token_ids"]))
+    assets = PromptAssets(
+        tokenizer,
+        read_catalogue(info.path / CATALOGUE),
+        read_templates(info.path / PROMPTS, m["prompts_source"]),
+        dict(m["tokens"]),
+        set(m["eos_token_ids"]),
+    )
     return LoadedExport(info, assets, embeddings)
 
 
@@ -66,8 +72,13 @@ def checkpoint_assets(loaded) -> PromptAssets:
     from ilora_export.model.generate import eos_token_ids
 
     tok = loaded.model.tokenizer
-    return PromptAssets(tok, loaded.catalogue, loaded.templates, dict(loaded.model.token_ids),
-                        eos_token_ids(tok, loaded.model.llm.generation_config))
+    return PromptAssets(
+        tok,
+        loaded.catalogue,
+        loaded.templates,
+        dict(loaded.model.token_ids),
+        eos_token_ids(tok, loaded.model.llm.generation_config),
+    )
 
 
 BACKENDS = ("torch", "ort", "trt")
@@ -77,11 +88,15 @@ def _check_target_kind(target, backend: str) -> None:
     """IloraError when ``target`` is not the kind of folder ``backend`` runs."""
     kind = folder_kind(target)
     if backend == "torch" and kind == EXPORT:
-        raise IloraError(f"{target} is an export directory; the torch backend evaluates checkpoints",
-                         "use --backend ort for an export, or pass the checkpoint folder")
+        raise IloraError(
+            f"{target} is an export directory; the torch backend evaluates checkpoints",
+            "use --backend ort for an export, or pass the checkpoint folder",
+        )
     if backend == "ort" and kind == CHECKPOINT:
-        raise IloraError(f"{target} is a checkpoint; the ort backend runs an export directory",
-                         f"export it first: ilora-export onnx {target} -o EXPORT_DIR")
+        raise IloraError(
+            f"{target} is a checkpoint; the ort backend runs an export directory",
+            f"export it first: ilora-export onnx {target} -o EXPORT_DIR",
+        )
     if backend not in BACKENDS:
         raise IloraError(f"unknown backend {backend!r}", f"use one of: {', '.join(BACKENDS)}")
 
@@ -99,8 +114,16 @@ def model_facts(target, backend: str = "torch") -> tuple[Catalogue, int]:
     return read_catalogue(info.path / CATALOGUE), info.manifest["model"]["state_size"]
 
 
-def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_model: str | None = None,
-                 threads: int | None = None, bank=None, bank_mode: str = "fused"):
+def open_backend(
+    target,
+    backend: str = "torch",
+    *,
+    device: str = "cpu",
+    base_model: str | None = None,
+    threads: int | None = None,
+    bank=None,
+    bank_mode: str = "fused",
+):
     """(backend, assets) for a checkpoint (torch), an export directory (ort) or an engines folder (trt)."""
     _check_target_kind(target, backend)
     if backend == "torch":
@@ -110,8 +133,9 @@ def open_backend(target, backend: str = "torch", *, device: str = "cpu", base_mo
         from ilora_export.runtime.torch_backend import TorchBackend
 
         if device == "cuda" and not torch.cuda.is_available():
-            raise IloraError("--device cuda: PyTorch sees no CUDA device",
-                             "install a CUDA build of PyTorch, or use --device cpu")
+            raise IloraError(
+                "--device cuda: PyTorch sees no CUDA device", "install a CUDA build of PyTorch, or use --device cpu"
+            )
         if threads:
             torch.set_num_threads(threads)
         loaded = load_checkpoint(target, base_model=base_model, device=device)

@@ -23,8 +23,9 @@ from ilora_export.runtime.backend import Encoded
 
 
 def import_onnxruntime():
-    return require("onnxruntime", purpose="running an export",
-                   install=f"{ONNX_EXTRA} (or onnxruntime-gpu for the CUDA provider)")
+    return require(
+        "onnxruntime", purpose="running an export", install=f"{ONNX_EXTRA} (or onnxruntime-gpu for the CUDA provider)"
+    )
 
 
 def session_options(threads: int | None = None):
@@ -43,9 +44,11 @@ def providers_for(device: str) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise IloraError(f"--device {device}: this onnxruntime has no CUDA provider "
-                         f"(available: {', '.join(ort.get_available_providers())})",
-                         "pip install onnxruntime-gpu (instead of onnxruntime), or use --device cpu")
+        raise IloraError(
+            f"--device {device}: this onnxruntime has no CUDA provider "
+            f"(available: {', '.join(ort.get_available_providers())})",
+            "pip install onnxruntime-gpu (instead of onnxruntime), or use --device cpu",
+        )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -60,8 +63,10 @@ def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: b
     try:
         model = onnx.load(str(file), load_external_data=False)
     except Exception as err:  # noqa: BLE001 (protobuf raises its own DecodeError; any failure is a bad file)
-        raise ExportError(f"{file}: onnxruntime cannot load the graph ({type(err).__name__}: {err})"[:300],
-                          "the graph is missing or corrupt; export again") from None
+        raise ExportError(
+            f"{file}: onnxruntime cannot load the graph ({type(err).__name__}: {err})"[:300],
+            "the graph is missing or corrupt; export again",
+        ) from None
     if constants:
         model, _ = fold_bank(model, constants, fuse=fuse)
     if fuse:
@@ -69,8 +74,15 @@ def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: b
     return model.SerializeToString()
 
 
-def open_session(file: Path, contract, *, threads: int | None = None, device: str = "cpu",
-                 constants: dict[str, np.ndarray] | None = None, fuse: bool = False):
+def open_session(
+    file: Path,
+    contract,
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+    constants: dict[str, np.ndarray] | None = None,
+    fuse: bool = False,
+):
     """An InferenceSession whose inputs/outputs are checked against ``contract``.
 
     ``constants`` turns those graph inputs into initializers of this session (folded and prepacked by
@@ -85,12 +97,18 @@ def open_session(file: Path, contract, *, threads: int | None = None, device: st
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(file.parent))
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-            ort.capi.onnxruntime_pybind11_state.NoSuchFile, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            RuntimeError) as err:
+    except (
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+        ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+        RuntimeError,
+    ) as err:
         first = str(err).strip().splitlines()[0][:300]
-        raise ExportError(f"{file}: onnxruntime cannot load the graph ({first})",
-                          "the graph or its external-data file is missing or corrupt; export again") from None
+        raise ExportError(
+            f"{file}: onnxruntime cannot load the graph ({first})",
+            "the graph or its external-data file is missing or corrupt; export again",
+        ) from None
     if constants:
         contract = replace(contract, inputs=tuple(t for t in contract.inputs if t.name not in constants))
     contract.check_session(session)
@@ -113,8 +131,7 @@ class OrtBackend:
 
     name = "ort"
 
-    def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None,
-                 bank_mode: str = "fused"):
+    def __init__(self, export, *, device: str = "cpu", threads: int | None = None, bank=None, bank_mode: str = "fused"):
         ort = import_onnxruntime()
         info = export.info
         self.info = info
@@ -128,24 +145,33 @@ class OrtBackend:
         if not info.bake_experts:
             tensors = as_graph_inputs(read_bank(Path(bank) if bank else info.path / BANK, info))
         elif bank is not None:
-            raise ExportError(f"{info.path}: the expert bank is baked into this export; --bank does not apply",
-                              "export without --bake-experts to swap expert banks")
+            raise ExportError(
+                f"{info.path}: the expert bank is baked into this export; --bank does not apply",
+                "export without --bake-experts to swap expert banks",
+            )
         self.encoder = open_session(info.path / info.encoder.file, info.encoder, threads=threads, device=device)
-        self.decoder = open_session(info.path / info.decoder.file, info.decoder, threads=threads, device=device,
-                                    constants=tensors if bank_mode != "input" else None,
-                                    fuse=bank_mode != "folded")
+        self.decoder = open_session(
+            info.path / info.decoder.file,
+            info.decoder,
+            threads=threads,
+            device=device,
+            constants=tensors if bank_mode != "input" else None,
+            fuse=bank_mode != "folded",
+        )
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
         self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)
         self.bank: dict[str, object] = {}
         if bank_mode == "input":
-            self.bank = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.ort_device)
-                         for name, v in tensors.items()}
+            self.bank = {
+                name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), self.ort_device)
+                for name, v in tensors.items()
+            }
 
     def encode(self, seq, len_seq, items) -> Encoded:
-        gate, embeds, scores = self.encoder.run(None, {"seq": seq.astype(np.int64),
-                                                       "len_seq": len_seq.astype(np.int64),
-                                                       "items": items.astype(np.int64)})
+        gate, embeds, scores = self.encoder.run(
+            None, {"seq": seq.astype(np.int64), "len_seq": len_seq.astype(np.int64), "items": items.astype(np.int64)}
+        )
         return Encoded(gate, embeds, scores)
 
     def embed(self, token_ids) -> np.ndarray:

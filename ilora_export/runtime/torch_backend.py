@@ -39,7 +39,12 @@ class TorchBackend:
     def step(self, embeds, attention_mask, position_ids, gate_weights, state):
         plain = contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.llm)
         with self.model.expert_gate.use(self._t(gate_weights)), plain:
-            out = self.model.llm(inputs_embeds=self._t(embeds), attention_mask=self._t(attention_mask),
-                                 position_ids=self._t(position_ids), cache=state, use_cache=True,
-                                 logits_to_keep=1)
+            out = self.model.llm(
+                inputs_embeds=self._t(embeds),
+                attention_mask=self._t(attention_mask),
+                position_ids=self._t(position_ids),
+                cache=state,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1, :].float().cpu().numpy(), out.past_key_values  # [B, V]

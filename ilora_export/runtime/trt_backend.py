@@ -68,8 +68,10 @@ class TrtBackend:
                     ctx.set_input_shape(name, tuple(t.shape))
                     ctx.set_tensor_address(name, t.data_ptr())
         sizes = self.plan.buffers()
-        self.kv = {n: [torch.empty(sizes[f"{n}#{i}"], dtype=tdtype, device="cuda") for i in (0, 1)]
-                   for n in self.plan.past_names}
+        self.kv = {
+            n: [torch.empty(sizes[f"{n}#{i}"], dtype=tdtype, device="cuda") for i in (0, 1)]
+            for n in self.plan.past_names
+        }
         self.logits = torch.empty(sizes["logits"], dtype=torch.float32, device="cuda")
 
     def _run_encoder(self, seq, len_seq, items):
@@ -77,9 +79,11 @@ class TrtBackend:
         inputs = {"seq": seq, "len_seq": len_seq, "items": items}
         dev = {k: torch.from_numpy(np.ascontiguousarray(v, np.int64)).cuda() for k, v in inputs.items()}
         b, n = items.shape
-        outs = {"gate_weights": torch.empty(b, self.plan.num_experts, device="cuda"),
-                "item_embeds": torch.empty(b, n, self.plan.hidden, device="cuda"),
-                "item_scores": torch.empty(b, n, device="cuda")}
+        outs = {
+            "gate_weights": torch.empty(b, self.plan.num_experts, device="cuda"),
+            "item_embeds": torch.empty(b, n, self.plan.hidden, device="cuda"),
+            "item_scores": torch.empty(b, n, device="cuda"),
+        }
         for name, t in dev.items():
             self.encoder.set_input_shape(name, tuple(t.shape))
             self.encoder.set_tensor_address(name, t.data_ptr())
@@ -101,10 +105,12 @@ class TrtBackend:
         b, s = embeds.shape[:2]
         bind = self.plan.step(index, b, s, past)
         ctx = self.contexts[bind.profile]
-        dev = {"inputs_embeds": torch.from_numpy(np.ascontiguousarray(embeds, self.dtype)).cuda(),
-               "attention_mask": torch.from_numpy(np.ascontiguousarray(attention_mask, np.int64)).cuda(),
-               "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids, np.int64)).cuda(),
-               "gate_weights": torch.from_numpy(np.ascontiguousarray(gate_weights, self.dtype)).cuda()}
+        dev = {
+            "inputs_embeds": torch.from_numpy(np.ascontiguousarray(embeds, self.dtype)).cuda(),
+            "attention_mask": torch.from_numpy(np.ascontiguousarray(attention_mask, np.int64)).cuda(),
+            "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids, np.int64)).cuda(),
+            "gate_weights": torch.from_numpy(np.ascontiguousarray(gate_weights, self.dtype)).cuda(),
+        }
         for name, t in dev.items():
             ctx.set_input_shape(name, bind.input_shapes[name])
             ctx.set_tensor_address(name, t.data_ptr())

@@ -64,6 +64,7 @@ def _seed_everything(seed: int) -> None:
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """``dotted.key: old -> new`` for every leaf that differs between two nested dicts."""
+
     def shown(v) -> str:
         return f"{v[:8]}..." if isinstance(v, str) and len(v) == 64 else repr(v)  # sha256 digests shortened
 
@@ -88,10 +89,16 @@ def stage1_key(recipe: Recipe, dataset) -> dict:
         return {"pretrained": sha256_file(s.pretrained) if Path(s.pretrained).is_file() else s.pretrained}
     for split in ("train", "valid"):
         dataset.split(split)  # readable and well-formed, before hashing
-    files = {"train": dataset.split_path("train"), "valid": dataset.split_path("valid"),
-             "catalogue": dataset.catalogue.source}
-    return {"dataset": {name: sha256_file(f) for name, f in files.items()},
-            "sasrec": {k: v for k, v in dataclasses.asdict(s).items() if k != "pretrained"}, "seed": recipe.seed}
+    files = {
+        "train": dataset.split_path("train"),
+        "valid": dataset.split_path("valid"),
+        "catalogue": dataset.catalogue.source,
+    }
+    return {
+        "dataset": {name: sha256_file(f) for name, f in files.items()},
+        "sasrec": {k: v for k, v in dataclasses.asdict(s).items() if k != "pretrained"},
+        "seed": recipe.seed,
+    }
 
 
 def _reusable_stage1(stage1: Path, key: dict):
@@ -133,8 +140,17 @@ def _write_stage1(stage1: Path, sasrec, metrics: dict, key: dict) -> None:
         tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
-def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str, progress: bool, resume: bool,
-                   say: Callable[[str], None]):
+def _stage1_sasrec(
+    recipe: Recipe,
+    dataset,
+    key: dict,
+    out: Path,
+    *,
+    device: str,
+    progress: bool,
+    resume: bool,
+    say: Callable[[str], None],
+):
     from ilora_export.checkpoint.format import non_finite
     from ilora_export.official.sasrec import load_official_sasrec
     from ilora_export.train.sasrec import train_sasrec
@@ -143,8 +159,11 @@ def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str
     if recipe.sasrec.pretrained:
         sasrec = load_official_sasrec(recipe.sasrec.pretrained)
         if sasrec.item_num != num_items:
-            raise DataError(f"{recipe.sasrec.pretrained}: SASRec scores {sasrec.item_num} items, the dataset "
-                            f"{dataset.root} has {num_items}", "use the SASRec trained on this dataset")
+            raise DataError(
+                f"{recipe.sasrec.pretrained}: SASRec scores {sasrec.item_num} items, the dataset "
+                f"{dataset.root} has {num_items}",
+                "use the SASRec trained on this dataset",
+            )
         return sasrec
     stage1 = out / STAGE1_DIR
     why = "starting over"
@@ -154,8 +173,15 @@ def _stage1_sasrec(recipe: Recipe, dataset, key: dict, out: Path, *, device: str
             say(f"stage 1: reusing the SASRec in {stage1} (same data, SASRec settings and seed)")
             return sasrec
     say(f"stage 1: training SASRec ({why})")
-    sasrec, metrics = train_sasrec(dataset.split("train"), num_items, recipe.sasrec, seed=recipe.seed,
-                                   valid_df=dataset.split("valid"), progress=progress, device=device)
+    sasrec, metrics = train_sasrec(
+        dataset.split("train"),
+        num_items,
+        recipe.sasrec,
+        seed=recipe.seed,
+        valid_df=dataset.split("valid"),
+        progress=progress,
+        device=device,
+    )
     if bad := non_finite(sasrec.state_dict()):
         raise IloraError(f"stage 1: SASRec weight {bad[0]} became {bad[1]}", "lower sasrec.lr")
     _write_stage1(stage1, sasrec, metrics, key)
@@ -216,8 +242,9 @@ class _StateRecord:
 
 def _is_trainer_state(path: Path) -> bool:
     """A trainer state to replace: one intact, or one whose damaged files are still only ours."""
-    return of_kind(TRAIN_STATE)(path) or all(p.name in (STATE, TRAINABLE, OPTIMIZER) and p.is_file()
-                                              for p in path.iterdir())
+    return of_kind(TRAIN_STATE)(path) or all(
+        p.name in (STATE, TRAINABLE, OPTIMIZER) and p.is_file() for p in path.iterdir()
+    )
 
 
 _is_trainer_state.describe = describe_folder  # a refusal names the files that are not ours
@@ -227,13 +254,19 @@ def _state_hint(state_dir: Path) -> str:
     return f"pass --no-resume to start over (or delete {state_dir})"
 
 
-def _save_state(state_dir: Path, model, optimizer, scheduler, *, step: int, log: list[dict], recent: list[float],
-                stage1: dict) -> None:
+def _save_state(
+    state_dir: Path, model, optimizer, scheduler, *, step: int, log: list[dict], recent: list[float], stage1: dict
+) -> None:
     with atomic_dir(state_dir, replaceable=_is_trainer_state, what="a trainer state") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()},
-                  tmp / TRAINABLE)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_parameters().items()}, tmp / TRAINABLE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / OPTIMIZER,
+        )
         files = {name: sha256_file(tmp / name) for name in (TRAINABLE, OPTIMIZER)}
         record = {"step": step, "log": log, "recent": recent, "stage1": stage1, "files": files}
         (tmp / STATE).write_text(json.dumps(record), encoding="utf-8")
@@ -267,8 +300,9 @@ def _restore_state(state_dir: Path, model, optimizer, scheduler) -> None:
     except (SafetensorError, OSError) as err:
         raise IloraError(f"{state_dir / TRAINABLE}: unreadable ({err})", hint) from None
     if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in params):
-        raise IloraError(f"{state_dir}: saved trainer state does not match this recipe's model",
-                         f"use a new output_dir, or {hint}")
+        raise IloraError(
+            f"{state_dir}: saved trainer state does not match this recipe's model", f"use a new output_dir, or {hint}"
+        )
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(saved[k])
@@ -301,9 +335,11 @@ def _checkpoint_problem(ckpt: Path, step: int) -> str | None:
 
 def _stop_unless_finite(what: str, value: float, step: int) -> None:
     if not math.isfinite(value):
-        raise IloraError(f"{what} became {value} at step {step}",
-                         "lower train.lr (or raise train.warmup_steps), or use train.dtype=float32; the checkpoint "
-                         "keeps the last step saved before")
+        raise IloraError(
+            f"{what} became {value} at step {step}",
+            "lower train.lr (or raise train.warmup_steps), or use train.dtype=float32; the checkpoint "
+            "keeps the last step saved before",
+        )
 
 
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float, step: int) -> float:
@@ -325,15 +361,20 @@ def _step_loss(model, builder, stream: TrainStream, step: int, tc, device: str) 
             seq, len_seq, cands, target, tmpl = stream.sample(g)
             examples.append(builder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
         batch = builder.collate(examples, padding_side="right").to(device)
-        loss = model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
-                     labels=batch.labels).loss / tc.grad_accum
+        loss = (
+            model(
+                batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates, labels=batch.labels
+            ).loss
+            / tc.grad_accum
+        )
         loss.backward()
         total += loss.item()
     return total
 
 
-def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+def finetune(
+    recipe: Recipe, *, progress: bool = True, resume: bool = True, log: Callable[[str], None] | None = None
+) -> FinetuneResult:
     """Run both stages of a recipe; returns where the checkpoint is. The Python API of ``finetune``.
 
     ``resume=False`` starts over: stage 1 is trained again and the trainer state is not read. ``log``
@@ -352,8 +393,10 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     tc = recipe.train
     device = tc.device
     if device == "cuda" and not torch.cuda.is_available():
-        raise IloraError("train.device is cuda but PyTorch sees no CUDA device",
-                         "override with train.device=cpu, or install a CUDA build of PyTorch")
+        raise IloraError(
+            "train.device is cuda but PyTorch sees no CUDA device",
+            "override with train.device=cpu, or install a CUDA build of PyTorch",
+        )
     out = Path(recipe.output_dir)
     state_dir = out / STATE_DIR
 
@@ -365,8 +408,10 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     key = stage1_key(recipe, dataset)
     state = _read_state(state_dir) if resume else None
     if state is not None and state["stage1"] != key:
-        raise IloraError(f"{state_dir}: trained with another stage 1 ({'; '.join(_differences(state['stage1'], key))})"
-                         "; not resumed", f"{_state_hint(state_dir)}, or use another output_dir")
+        raise IloraError(
+            f"{state_dir}: trained with another stage 1 ({'; '.join(_differences(state['stage1'], key))}); not resumed",
+            f"{_state_hint(state_dir)}, or use another output_dir",
+        )
     # Neither folder is replaced later unless it holds only what fine-tuning wrote there: refuse now, not after hours.
     check_replaceable(out / CKPT_DIR, of_kind(CHECKPOINT), "a checkpoint")
     check_replaceable(state_dir, _is_trainer_state, "a trainer state")
@@ -385,8 +430,13 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     model.to(device)
 
     builder = PromptBuilder(tokenizer, dataset.catalogue.title, templates)
-    stream = TrainStream(dataset.split("train"), dataset.catalogue.num_items, len(templates.templates),
-                         recipe.seed, recipe.data.max_train_rows)
+    stream = TrainStream(
+        dataset.split("train"),
+        dataset.catalogue.num_items,
+        len(templates.templates),
+        recipe.seed,
+        recipe.data.max_train_rows,
+    )
     params = list(model.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, tc.max_steps))
@@ -397,9 +447,15 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
 
     def save_ckpt() -> None:
         model.eval()
-        save_checkpoint(model, out / CKPT_DIR, base_model_ref=recipe.base_model, base_model_dir=base_dir,
-                        catalogue=dataset.catalogue, templates=templates,
-                        extra={"step": step, "recipe": recipe_to_dict(recipe)})
+        save_checkpoint(
+            model,
+            out / CKPT_DIR,
+            base_model_ref=recipe.base_model,
+            base_model_dir=base_dir,
+            catalogue=dataset.catalogue,
+            templates=templates,
+            extra={"step": step, "recipe": recipe_to_dict(recipe)},
+        )
 
     start = step
     bar = tqdm(total=tc.max_steps, initial=step, desc="finetune", unit="step", disable=not progress)
@@ -413,12 +469,18 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
         optimizer.step()
         scheduler.step()
         step += 1
-        recent = (recent + [step_loss])[-tc.log_every:]
+        recent = (recent + [step_loss])[-tc.log_every :]
         bar.update(1)
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if step % tc.log_every == 0 or step == tc.max_steps:
-            history.append({"step": step, "loss": sum(recent) / len(recent), "lr": scheduler.get_last_lr()[0],
-                            "epoch": step * tc.batch_size * tc.grad_accum / len(stream)})
+            history.append(
+                {
+                    "step": step,
+                    "loss": sum(recent) / len(recent),
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": step * tc.batch_size * tc.grad_accum / len(stream),
+                }
+            )
         if step % tc.save_every == 0 or step == tc.max_steps:
             save_ckpt()
             _save_state(state_dir, model, optimizer, scheduler, step=step, log=history, recent=recent, stage1=key)
@@ -434,12 +496,14 @@ def finetune(recipe: Recipe, *, progress: bool = True, resume: bool = True,
     eval_summary = None
     if tc.eval_rows != 0:
         eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
-    return FinetuneResult(out / CKPT_DIR, step, history[-1]["loss"] if history else None, eval_summary,
-                          time.perf_counter() - t_start)
+    return FinetuneResult(
+        out / CKPT_DIR, step, history[-1]["loss"] if history else None, eval_summary, time.perf_counter() - t_start
+    )
 
 
-def _final_eval(recipe: Recipe, out: Path, model, dataset, templates, base_dir: Path, device: str,
-                progress: bool) -> dict:
+def _final_eval(
+    recipe: Recipe, out: Path, model, dataset, templates, base_dir: Path, device: str, progress: bool
+) -> dict:
     """Evaluate the model in memory (no second copy of the LLM) on the first ``eval_rows`` rows."""
     from ilora_export.checkpoint import LoadedCheckpoint, read_checkpoint
     from ilora_export.data.evalset import build_eval_set
@@ -447,7 +511,7 @@ def _final_eval(recipe: Recipe, out: Path, model, dataset, templates, base_dir: 
 
     evalset = build_eval_set(dataset, recipe.data.eval_split, seed=0)
     if recipe.train.eval_rows is not None:
-        evalset.rows = evalset.rows[:recipe.train.eval_rows]
+        evalset.rows = evalset.rows[: recipe.train.eval_rows]
     loaded = LoadedCheckpoint(model, dataset.catalogue, templates, read_checkpoint(out / CKPT_DIR), base_dir)
     result = evaluate_model(loaded, evalset, batch_size=recipe.train.batch_size, device=device, progress=progress)
     write_eval_output(result, out / f"eval-{recipe.data.eval_split}")

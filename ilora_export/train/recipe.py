@@ -44,8 +44,10 @@ __all__ = [
     "recipe_to_dict",
 ]
 
-HINT = ("Every key is documented in docs/recipes.md; override one with a dotted KEY=VALUE argument, "
-        "e.g. train.max_steps=10.")
+HINT = (
+    "Every key is documented in docs/recipes.md; override one with a dotted KEY=VALUE argument, "
+    "e.g. train.max_steps=10."
+)
 
 
 @dataclass
@@ -266,11 +268,15 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     source = str(path)
     path = Path(path)
     if not path.exists():
-        raise RecipeError(f"recipe file not found: {source}",
-                          hint="Pass the path of a recipe YAML file, e.g. recipes/lastfm-smollm2.yaml.")
+        raise RecipeError(
+            f"recipe file not found: {source}",
+            hint="Pass the path of a recipe YAML file, e.g. recipes/lastfm-smollm2.yaml.",
+        )
     if path.is_dir():
-        raise RecipeError(f"recipe {source} is a directory, not a YAML file",
-                          hint="Pass the path of a recipe YAML file, e.g. recipes/lastfm-smollm2.yaml.")
+        raise RecipeError(
+            f"recipe {source} is a directory, not a YAML file",
+            hint="Pass the path of a recipe YAML file, e.g. recipes/lastfm-smollm2.yaml.",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

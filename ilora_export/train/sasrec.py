@@ -46,25 +46,38 @@ def frame_tensors(df: pd.DataFrame, num_items: int, name: str = "data") -> tuple
 
 
 @torch.no_grad()
-def hit_ratios(model: SASRec, seq: torch.Tensor, len_seq: torch.Tensor, nxt: torch.Tensor,
-               ks: tuple[int, ...] = (1, 5), batch_size: int = 1024) -> dict[str, float]:
+def hit_ratios(
+    model: SASRec,
+    seq: torch.Tensor,
+    len_seq: torch.Tensor,
+    nxt: torch.Tensor,
+    ks: tuple[int, ...] = (1, 5),
+    batch_size: int = 1024,
+) -> dict[str, float]:
     """HitRatio@k of the full-catalogue ranking (rank = number of items scored above the target)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     hits = torch.zeros(len(ks))
     for i in range(0, len(seq), batch_size):
-        logits = model(seq[i:i + batch_size].to(device), len_seq[i:i + batch_size].to(device))  # [b, I]
-        target = logits.gather(1, nxt[i:i + batch_size].to(device)[:, None])  # [b, 1]
+        logits = model(seq[i : i + batch_size].to(device), len_seq[i : i + batch_size].to(device))  # [b, I]
+        target = logits.gather(1, nxt[i : i + batch_size].to(device)[:, None])  # [b, 1]
         rank = (logits > target).sum(1).cpu()  # [b]
         hits += torch.stack([(rank < k).sum() for k in ks]).float()
     model.train(was_training)
     return {f"HitRatio@{k}": float(h) / len(seq) for k, h in zip(ks, hits)}
 
 
-def train_sasrec(train_df: pd.DataFrame, num_items: int, cfg: SASRecConfig, *, seed: int,
-                 valid_df: pd.DataFrame | None = None, progress: bool = True,
-                 device: str | torch.device = "cpu") -> tuple[SASRec, dict]:
+def train_sasrec(
+    train_df: pd.DataFrame,
+    num_items: int,
+    cfg: SASRecConfig,
+    *,
+    seed: int,
+    valid_df: pd.DataFrame | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[SASRec, dict]:
     """Train a SASRec on ``train_df``; returns the model (eval mode, on ``device``) and a history.
 
     History: ``losses`` (mean loss per epoch) and, with ``valid_df``, ``valid`` (per-epoch hit

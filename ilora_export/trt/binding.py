@@ -42,27 +42,46 @@ class BindingPlan:
 
     def buffers(self) -> dict[str, int]:
         """Elements to preallocate: two KV buffers per past tensor, plus the logits."""
-        return {**{f"{n}#{i}": self.buffer_elems for n in self.past_names for i in (0, 1)},
-                "logits": self.limits.max_batch * self.vocab}
+        return {
+            **{f"{n}#{i}": self.buffer_elems for n in self.past_names for i in (0, 1)},
+            "logits": self.limits.max_batch * self.vocab,
+        }
 
     def step(self, index: int, batch: int, seq: int, past: int) -> StepBinding:
         """The binding of decoder call ``index`` (0 = prefill) for ``batch`` rows, ``seq`` new tokens."""
         lim = self.limits
         if batch > lim.max_batch:
-            raise EngineError(f"batch of {batch} rows exceeds the engines' --max-batch {lim.max_batch}",
-                              "lower --batch-size or rebuild with a larger --max-batch")
+            raise EngineError(
+                f"batch of {batch} rows exceeds the engines' --max-batch {lim.max_batch}",
+                "lower --batch-size or rebuild with a larger --max-batch",
+            )
         if index == 0 and (past != 0 or seq > lim.max_prompt):
-            raise EngineError(f"prompt of {seq} tokens exceeds the engines' --max-prompt {lim.max_prompt}",
-                              "rebuild the engines with a larger --max-prompt")
+            raise EngineError(
+                f"prompt of {seq} tokens exceeds the engines' --max-prompt {lim.max_prompt}",
+                "rebuild the engines with a larger --max-prompt",
+            )
         if index > 0 and (seq != 1 or past + 1 > self.max_total):
-            raise EngineError(f"decode step beyond --max-prompt + --max-new-tokens ({self.max_total})",
-                              "rebuild the engines with larger limits")
+            raise EngineError(
+                f"decode step beyond --max-prompt + --max-new-tokens ({self.max_total})",
+                "rebuild the engines with larger limits",
+            )
         kv = (batch, self.kv_heads, past, self.head_dim)
-        shapes = {"inputs_embeds": (batch, seq, self.hidden), "attention_mask": (batch, past + seq),
-                  "position_ids": (batch, seq), "gate_weights": (batch, self.num_experts),
-                  **{n: kv for n in self.past_names}, **self.bank}
+        shapes = {
+            "inputs_embeds": (batch, seq, self.hidden),
+            "attention_mask": (batch, past + seq),
+            "position_ids": (batch, seq),
+            "gate_weights": (batch, self.num_experts),
+            **{n: kv for n in self.past_names},
+            **self.bank,
+        }
         present = (batch, self.kv_heads, past + seq, self.head_dim)
         read = index % 2
-        return StepBinding(profile=0 if index == 0 else 1, read=read, write=1 - read, input_shapes=shapes,
-                           present_shape=present, past_elems=batch * self.kv_heads * past * self.head_dim,
-                           present_elems=batch * self.kv_heads * (past + seq) * self.head_dim)
+        return StepBinding(
+            profile=0 if index == 0 else 1,
+            read=read,
+            write=1 - read,
+            input_shapes=shapes,
+            present_shape=present,
+            past_elems=batch * self.kv_heads * past * self.head_dim,
+            present_elems=batch * self.kv_heads * (past + seq) * self.head_dim,
+        )

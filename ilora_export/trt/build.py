@@ -28,9 +28,16 @@ def engine_profiles(info, limits: Limits) -> dict[str, dict]:
     return {"encoder": encoder_profiles(info, limits), "decoder": decoder_profiles(info, limits)}
 
 
-def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits | None = None,
-                  emit_script: bool = False, workspace_mib: int | None = None,
-                  log: Callable[[str], None] = print) -> Path:
+def build_engines(
+    export_dir,
+    output=None,
+    *,
+    fp16: bool = False,
+    limits: Limits | None = None,
+    emit_script: bool = False,
+    workspace_mib: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Build encoder and decoder engines for ``export_dir`` into ``output`` (default EXPORT/trt).
 
     With ``emit_script`` only the equivalent trtexec script is written (TensorRT not needed).
@@ -39,23 +46,39 @@ def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits
     info = read_manifest(export_dir)
     out = Path(output) if output else info.path / "trt"
     if info.quantization:
-        raise EngineError(f"{info.path} is quantized for onnxruntime (MatMulNBits, a contrib op TensorRT "
-                          "does not parse)", "build engines from the fp32 or fp16 export (--dtype fp16)")
+        raise EngineError(
+            f"{info.path} is quantized for onnxruntime (MatMulNBits, a contrib op TensorRT does not parse)",
+            "build engines from the fp32 or fp16 export (--dtype fp16)",
+        )
     if fp16 and info.dtype != "float16":
-        raise EngineError(f"{info.path} is a {info.dtype} export; --fp16 builds from the fp16 graph",
-                          "export it with: ilora-export onnx CHECKPOINT --dtype fp16 -o DIR (strongly typed "
-                          "networks take their precision from the graph)")
+        raise EngineError(
+            f"{info.path} is a {info.dtype} export; --fp16 builds from the fp16 graph",
+            "export it with: ilora-export onnx CHECKPOINT --dtype fp16 -o DIR (strongly typed "
+            "networks take their precision from the graph)",
+        )
     profiles = engine_profiles(info, limits)
     out.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(info.path, out)
-    commands = {name: trtexec_command(f"{rel}/{name}.onnx", f"{name}.plan", profiles[name], timing_cache=TIMING_CACHE,
-                                      workspace_mib=workspace_mib) for name in ("encoder", "decoder")}
-    header = (f"Builds the TensorRT engines of {info.path} ({info.dtype}) on the target GPU, like "
-              f"`ilora-export trt`.\nLimits: {json.dumps(limits.__dict__)}")
-    index = {"export": str(info.path.resolve()), "manifest_sha256": sha256_file(info.path / MANIFEST),
-             "dtype": info.dtype, "limits": limits.__dict__,
-             "profiles": {g: {p: {t: [list(s) for s in shapes] for t, shapes in prof.items()}
-                              for p, prof in ps.items()} for g, ps in profiles.items()}}
+    commands = {
+        name: trtexec_command(
+            f"{rel}/{name}.onnx", f"{name}.plan", profiles[name], timing_cache=TIMING_CACHE, workspace_mib=workspace_mib
+        )
+        for name in ("encoder", "decoder")
+    }
+    header = (
+        f"Builds the TensorRT engines of {info.path} ({info.dtype}) on the target GPU, like "
+        f"`ilora-export trt`.\nLimits: {json.dumps(limits.__dict__)}"
+    )
+    index = {
+        "export": str(info.path.resolve()),
+        "manifest_sha256": sha256_file(info.path / MANIFEST),
+        "dtype": info.dtype,
+        "limits": limits.__dict__,
+        "profiles": {
+            g: {p: {t: [list(s) for s in shapes] for t, shapes in prof.items()} for p, prof in ps.items()}
+            for g, ps in profiles.items()
+        },
+    }
     if emit_script:
         with atomic_path(out / SCRIPT) as tmp:
             tmp.write_text(build_script(commands, header=header), encoding="utf-8")
@@ -65,12 +88,29 @@ def build_engines(export_dir, output=None, *, fp16: bool = False, limits: Limits
         return out
     trt = import_tensorrt()
     facts = device_facts()
-    log(f"TensorRT {trt.__version__} ({trt.__name__}) on {facts['gpu']} (compute capability "
-        f"{facts['compute_capability']}), {info.dtype} graphs, strongly typed")
+    log(
+        f"TensorRT {trt.__version__} ({trt.__name__}) on {facts['gpu']} (compute capability "
+        f"{facts['compute_capability']}), {info.dtype} graphs, strongly typed"
+    )
     for name in ("encoder", "decoder"):
-        meta = {"tensorrt_module": trt.__name__, "tensorrt_version": trt.__version__, **facts, "graph": name,
-                "dtype": info.dtype, "source_manifest_sha256": index["manifest_sha256"], "limits": limits.__dict__}
-        build_engine(trt, info.path / f"{name}.onnx", out / f"{name}.plan", profiles[name],
-                     timing_cache=out / TIMING_CACHE, meta=meta, workspace_mib=workspace_mib, log=log)
+        meta = {
+            "tensorrt_module": trt.__name__,
+            "tensorrt_version": trt.__version__,
+            **facts,
+            "graph": name,
+            "dtype": info.dtype,
+            "source_manifest_sha256": index["manifest_sha256"],
+            "limits": limits.__dict__,
+        }
+        build_engine(
+            trt,
+            info.path / f"{name}.onnx",
+            out / f"{name}.plan",
+            profiles[name],
+            timing_cache=out / TIMING_CACHE,
+            meta=meta,
+            workspace_mib=workspace_mib,
+            log=log,
+        )
     write_engines_index(out, index | {"built": True})
     return out

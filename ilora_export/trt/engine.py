@@ -16,9 +16,11 @@ from pathlib import Path
 from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
 
-INSTALL_HINT = ("install TensorRT's Python package for your CUDA (pip install tensorrt from NVIDIA's index, "
-                "JetPack on Jetson, an NGC container) or TensorRT-RTX (pip install tensorrt-rtx); or run "
-                "`ilora-export trt EXPORT --emit-script` and build with trtexec on the target")
+INSTALL_HINT = (
+    "install TensorRT's Python package for your CUDA (pip install tensorrt from NVIDIA's index, "
+    "JetPack on Jetson, an NGC container) or TensorRT-RTX (pip install tensorrt-rtx); or run "
+    "`ilora-export trt EXPORT --emit-script` and build with trtexec on the target"
+)
 
 
 class EngineError(IloraError):
@@ -53,12 +55,16 @@ def metadata_path(plan: Path) -> Path:
 def check_metadata(meta: dict, *, trt_version: str, gpu: str, compute_capability: str, plan: Path) -> None:
     """EngineError unless the engine was built for this TensorRT version and GPU."""
     if meta.get("tensorrt_version") != trt_version:
-        raise EngineError(f"{plan}: built with TensorRT {meta.get('tensorrt_version')}, this is {trt_version}",
-                          "rebuild the engines here: ilora-export trt EXPORT")
+        raise EngineError(
+            f"{plan}: built with TensorRT {meta.get('tensorrt_version')}, this is {trt_version}",
+            "rebuild the engines here: ilora-export trt EXPORT",
+        )
     if meta.get("compute_capability") != compute_capability or meta.get("gpu") != gpu:
-        raise EngineError(f"{plan}: built for {meta.get('gpu')} (compute capability {meta.get('compute_capability')}), "
-                          f"this is {gpu} ({compute_capability})",
-                          "rebuild the engines on this GPU: ilora-export trt EXPORT")
+        raise EngineError(
+            f"{plan}: built for {meta.get('gpu')} (compute capability {meta.get('compute_capability')}), "
+            f"this is {gpu} ({compute_capability})",
+            "rebuild the engines on this GPU: ilora-export trt EXPORT",
+        )
 
 
 def read_metadata(plan: Path) -> dict:
@@ -66,14 +72,24 @@ def read_metadata(plan: Path) -> dict:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineError(f"{file}: missing beside {plan.name}",
-                          "rebuild the engines: ilora-export trt EXPORT") from None
+        raise EngineError(
+            f"{file}: missing beside {plan.name}", "rebuild the engines: ilora-export trt EXPORT"
+        ) from None
     except (OSError, json.JSONDecodeError) as err:
         raise EngineError(f"{file}: unreadable ({err})", "rebuild the engines") from None
 
 
-def build_engine(trt, onnx_path: Path, plan: Path, profiles: dict, *, timing_cache: Path, meta: dict,
-                 workspace_mib: int | None = None, log: Callable[[str], None] = print) -> dict:
+def build_engine(
+    trt,
+    onnx_path: Path,
+    plan: Path,
+    profiles: dict,
+    *,
+    timing_cache: Path,
+    meta: dict,
+    workspace_mib: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Parse ``onnx_path`` (external data beside it), build a strongly typed engine, write plan + metadata."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -85,8 +101,10 @@ def build_engine(trt, onnx_path: Path, plan: Path, profiles: dict, *, timing_cac
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed ({errors[:400]})",
-                          "check the TensorRT version supports the graph's opset; see docs/tensorrt.md")
+        raise EngineError(
+            f"{onnx_path}: TensorRT's ONNX parser failed ({errors[:400]})",
+            "check the TensorRT version supports the graph's opset; see docs/tensorrt.md",
+        )
     config = builder.create_builder_config()
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
@@ -104,16 +122,20 @@ def build_engine(trt, onnx_path: Path, plan: Path, profiles: dict, *, timing_cac
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError(f"{onnx_path}: TensorRT could not build the engine (see its log above)",
-                          "lower --max-batch / --max-prompt, or check GPU memory")
+        raise EngineError(
+            f"{onnx_path}: TensorRT could not build the engine (see its log above)",
+            "lower --max-batch / --max-prompt, or check GPU memory",
+        )
     with atomic_path(plan) as tmp:
         tmp.write_bytes(bytes(serialized))
     if cache is not None:
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
-    meta = meta | {"build_seconds": round(time.perf_counter() - t0, 1), "plan_sha256": sha256_file(plan),
-                   "profiles": {n: {t: [list(s) for s in shapes] for t, shapes in p.items()}
-                                for n, p in profiles.items()}}
+    meta = meta | {
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "plan_sha256": sha256_file(plan),
+        "profiles": {n: {t: [list(s) for s in shapes] for t, shapes in p.items()} for n, p in profiles.items()},
+    }
     with atomic_path(metadata_path(plan)) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log(f"{plan.name}: built in {meta['build_seconds']} s")

@@ -45,14 +45,18 @@ def decoder_profiles(info, limits: Limits) -> dict[str, dict[str, tuple[Shape, S
     b, p, n = limits.max_batch, limits.max_prompt, limits.max_new_tokens
     ob, op = limits.opt_batch, max(1, p // 2)
     contract = info.decoder
-    prefill = _profile(contract,
-                       {"batch": 1, "sequence": 1, "past_sequence": 0, "total_sequence": 1},
-                       {"batch": ob, "sequence": op, "past_sequence": 0, "total_sequence": op},
-                       {"batch": b, "sequence": p, "past_sequence": 0, "total_sequence": p})
-    decode = _profile(contract,
-                      {"batch": 1, "sequence": 1, "past_sequence": 1, "total_sequence": 2},
-                      {"batch": ob, "sequence": 1, "past_sequence": op + n // 2, "total_sequence": op + n // 2 + 1},
-                      {"batch": b, "sequence": 1, "past_sequence": p + n - 1, "total_sequence": p + n})
+    prefill = _profile(
+        contract,
+        {"batch": 1, "sequence": 1, "past_sequence": 0, "total_sequence": 1},
+        {"batch": ob, "sequence": op, "past_sequence": 0, "total_sequence": op},
+        {"batch": b, "sequence": p, "past_sequence": 0, "total_sequence": p},
+    )
+    decode = _profile(
+        contract,
+        {"batch": 1, "sequence": 1, "past_sequence": 1, "total_sequence": 2},
+        {"batch": ob, "sequence": 1, "past_sequence": op + n // 2, "total_sequence": op + n // 2 + 1},
+        {"batch": b, "sequence": 1, "past_sequence": p + n - 1, "total_sequence": p + n},
+    )
     return {"prefill": prefill, "decode": decode}
 
 

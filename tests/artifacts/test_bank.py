@@ -29,8 +29,15 @@ from ilora_export.artifacts.bank import (
 )
 
 # a tiny Llama's projections: hidden 64, 2 kv heads of 16, intermediate 128
-TINY_FEATURES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
-                 "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}
+TINY_FEATURES = {
+    "q_proj": (64, 64),
+    "k_proj": (64, 32),
+    "v_proj": (64, 32),
+    "o_proj": (64, 64),
+    "gate_proj": (64, 128),
+    "up_proj": (64, 128),
+    "down_proj": (128, 64),
+}
 
 
 def _tiny() -> BankShape:
@@ -40,13 +47,27 @@ def _tiny() -> BankShape:
 
 def test_names_and_shapes_of_a_tiny_bank():
     shape = _tiny()
-    assert shape.keys == ["lora_A.down_proj", "lora_B.down_proj", "lora_A.k_proj", "lora_B.k_proj",
-                          "lora_A.q_proj", "lora_B.q_proj", "lora_A.up_proj", "lora_B.up_proj"]
+    assert shape.keys == [
+        "lora_A.down_proj",
+        "lora_B.down_proj",
+        "lora_A.k_proj",
+        "lora_B.k_proj",
+        "lora_A.q_proj",
+        "lora_B.q_proj",
+        "lora_A.up_proj",
+        "lora_B.up_proj",
+    ]
     assert shape.input_names == [f"bank.{k}" for k in shape.keys]
-    assert shape.shapes == {"lora_A.down_proj": [2, 128, 8], "lora_B.down_proj": [2, 8, 64],  # A^T, B^T per layer
-                            "lora_A.k_proj": [2, 64, 8], "lora_B.k_proj": [2, 8, 32],
-                            "lora_A.q_proj": [2, 64, 8], "lora_B.q_proj": [2, 8, 64],
-                            "lora_A.up_proj": [2, 64, 8], "lora_B.up_proj": [2, 8, 128]}
+    assert shape.shapes == {
+        "lora_A.down_proj": [2, 128, 8],
+        "lora_B.down_proj": [2, 8, 64],  # A^T, B^T per layer
+        "lora_A.k_proj": [2, 64, 8],
+        "lora_B.k_proj": [2, 8, 32],
+        "lora_A.q_proj": [2, 64, 8],
+        "lora_B.q_proj": [2, 8, 64],
+        "lora_A.up_proj": [2, 64, 8],
+        "lora_B.up_proj": [2, 8, 128],
+    }
     assert list(shape.shapes) == shape.keys
     assert {rank_of(k, dims) for k, dims in shape.shapes.items()} == {8}
     assert shape.expert_rank == 2 and shape.scaling(16.0) == 8.0  # alpha / (r / K)
@@ -60,8 +81,14 @@ def test_names_parse_back_and_other_names_are_refused():
     assert input_name("lora_A.q_proj") == "bank.lora_A.q_proj"
     assert key_of_input("bank.lora_A.q_proj") == "lora_A.q_proj"
     assert factor_of_input("bank.lora_B.down_proj") == LORA_B and factor_of_input("bank.lora_A.o_proj") == LORA_A
-    for other in ("past_key_values.0.key", "gate_weights", "lora_A.q_proj", "bank.", "bank.lora_C.q_proj",
-                  "bank.lora_A"):
+    for other in (
+        "past_key_values.0.key",
+        "gate_weights",
+        "lora_A.q_proj",
+        "bank.",
+        "bank.lora_C.q_proj",
+        "bank.lora_A",
+    ):
         assert key_of_input(other) is None and factor_of_input(other) is None
     for bad in ("lora_C.q_proj", "lora_A", "lora_A.", "q_proj", ""):
         assert not is_bank_key(bad)
@@ -134,8 +161,9 @@ def test_a_tiny_models_bank_and_contract_follow_the_layout(tiny_llama_dir):
     assert shape.bank_shapes == want.shapes
     contract = decoder_contract(shape, "float32", bake_experts=False)
     assert [(t.name, list(t.axes)) for t in contract.inputs if key_of_input(t.name)] == list(
-        zip(want.input_names, want.shapes.values()))
-    assert contract.input_names[-len(want.keys):] == want.input_names  # the bank comes last
+        zip(want.input_names, want.shapes.values())
+    )
+    assert contract.input_names[-len(want.keys) :] == want.input_names  # the bank comes last
     assert not any(key_of_input(t.name) for t in decoder_contract(shape, "float32", bake_experts=True).inputs)
 
 
@@ -154,7 +182,7 @@ def test_an_exported_graph_and_bank_file_follow_the_layout(tiny_export):
     graph = onnx.load(str(export / info.decoder.file), load_external_data=False).graph
     inputs = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in graph.input]
     assert [i for i in inputs if key_of_input(i[0])] == list(zip(want.input_names, want.shapes.values()))
-    assert [i[0] for i in inputs][-len(want.keys):] == want.input_names  # the bank comes last
+    assert [i[0] for i in inputs][-len(want.keys) :] == want.input_names  # the bank comes last
     assert info.shape.bank_shapes == want.shapes
     stored = graph_bank(model)
     with safe_open(str(export / BANK), framework="numpy") as f:

@@ -33,8 +33,15 @@ def _shape(num_layers: int = 3, r: int = 4) -> ModelShape:
     for p in reversed(PROJECTIONS):  # neither alphabetical nor A-before-B: the contract must order them
         bank[f"lora_B.{p}"] = [num_layers, r, outs[p]]
         bank[f"lora_A.{p}"] = [num_layers, ins[p], r]
-    return ModelShape(hidden_size=24, num_layers=num_layers, num_kv_heads=2, head_dim=6, vocab_size=101,
-                      num_experts=5, bank_shapes=bank)
+    return ModelShape(
+        hidden_size=24,
+        num_layers=num_layers,
+        num_kv_heads=2,
+        head_dim=6,
+        vocab_size=101,
+        num_experts=5,
+        bank_shapes=bank,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -104,8 +111,10 @@ def _session(path):
 
 @pytest.fixture(scope="module")
 def sessions(export_info):
-    return {"decoder": _session(export_info.path / "decoder.onnx"),
-            "encoder": _session(export_info.path / "encoder.onnx")}
+    return {
+        "decoder": _session(export_info.path / "decoder.onnx"),
+        "encoder": _session(export_info.path / "encoder.onnx"),
+    }
 
 
 @pytest.mark.parametrize("graph", ["decoder", "encoder"])
@@ -148,21 +157,31 @@ def _with_input(contract: GraphContract, name: str, **change) -> GraphContract:
 def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, sessions):
     decoder, session = export_info.decoder, sessions["decoder"]
     baked = decoder_contract(export_info.shape, export_info.dtype, bake_experts=True)
-    with pytest.raises(ExportError, match=r"decoder.onnx: graph inputs differ from the manifest's contract "
-                                          r"\(missing \[\], unexpected \['bank.lora_A.down_proj', ") as err:
+    with pytest.raises(
+        ExportError,
+        match=r"decoder.onnx: graph inputs differ from the manifest's contract "
+        r"\(missing \[\], unexpected \['bank.lora_A.down_proj', ",
+    ) as err:
         baked.check_session(session)
     assert "export again" in err.value.hint
     renamed = replace(decoder, outputs=(replace(decoder.outputs[0], name="scores"), *decoder.outputs[1:]))
     with pytest.raises(ExportError, match=r"graph outputs differ .*missing \['scores'\], unexpected \['logits'\]"):
         renamed.check_session(session)
-    with pytest.raises(ExportError, match="decoder.onnx: input inputs_embeds is tensor\\(float\\), "
-                                          "the contract says float16"):
+    with pytest.raises(
+        ExportError, match="decoder.onnx: input inputs_embeds is tensor\\(float\\), the contract says float16"
+    ):
         _with_input(decoder, "inputs_embeds", dtype="float16").check_session(session)
-    with pytest.raises(ExportError, match=r"decoder.onnx: input gate_weights has shape \['batch', 4\], "
-                                          r"the contract says \['batch', 5\]"):
+    with pytest.raises(
+        ExportError,
+        match=r"decoder.onnx: input gate_weights has shape \['batch', 4\], "
+        r"the contract says \['batch', 5\]",
+    ):
         _with_input(decoder, "gate_weights", axes=("batch", 5)).check_session(session)
-    with pytest.raises(ExportError, match=r"input position_ids has shape \['batch', 'sequence'\], "
-                                          r"the contract says \['batch', 'sequence', 1\]"):
+    with pytest.raises(
+        ExportError,
+        match=r"input position_ids has shape \['batch', 'sequence'\], "
+        r"the contract says \['batch', 'sequence', 1\]",
+    ):
         _with_input(decoder, "position_ids", axes=("batch", "sequence", 1)).check_session(session)
     reordered = replace(decoder, inputs=tuple(reversed(decoder.inputs)))
     with pytest.raises(ExportError, match=r"graph inputs differ .*\(the same names in another order: "):

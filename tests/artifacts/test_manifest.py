@@ -40,6 +40,7 @@ def _delete(*path):
         for key in path[:-1]:
             m = m[key]
         del m[path[-1]]
+
     return change
 
 
@@ -48,30 +49,42 @@ def _set(value, *path):
         for key in path[:-1]:
             m = m[key]
         m[path[-1]] = value
+
     return change
 
 
-@pytest.mark.parametrize("change, message", [
-    (_set("float16", "dtype"), r"dtype: 'float16', but graphs.decoder declares float32 inputs_embeds"),
-    (_set("fp32", "dtype"), r"dtype: must be one of 'float32', 'float16'; got 'fp32'"),
-    (_set(True, "bake_experts"), r"bake_experts: true, but graphs.decoder declares expert-bank inputs"),
-    (_set("no", "bake_experts"), r"bake_experts: expected a boolean \(true/false\), got a string \('no'\)"),
-    (_delete("model", "state_size"), r"model.state_size: missing required key"),
-    (_set("10", "model", "state_size"), r"model.state_size: expected an integer, got a string \('10'\)"),
-    (_set(3, "model", "num_layers"), (r"graphs.decoder: does not match model, dtype and bake_experts "
-                                      r"\(input bank.lora_A.\w+ .*expected past_key_values.2.key")),
-    (_set(5, "adapter", "num_experts"), r"adapter.num_experts: 5, but model.num_experts is 4"),
-    (_set(4, "adapter", "r"), r"adapter.r: 4, but model.bank_shapes holds rank 8"),
-    (_delete("graphs", "decoder", "inputs"), r"graphs.decoder.inputs: missing required key"),
-    (_set([{"name": "seq"}], "graphs", "encoder", "inputs"), r"graphs.encoder.inputs\[0\].dtype: missing required key"),
-    (_delete("tokens", "[CansEmb]"), r"tokens: has no \[CansEmb\]"),
-    (_set([2, "eos"], "eos_token_ids"), r"eos_token_ids\[1\]: expected an integer, got a string \('eos'\)"),
-    (_delete("prompts_source"), r"prompts_source: missing required key"),
-    (_delete("files", "catalogue.json"), r"files: lists no catalogue.json"),
-    (_set({"bits": "8"}, "quantization"), r"quantization.bits: expected an integer, got a string \('8'\)"),
-    (_delete("source", "checkpoint_sha256"), r"source.checkpoint_sha256: missing required key"),
-    (_set([1], "model"), r"model: expected a mapping of keys, got a list \(\[1\]\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("float16", "dtype"), r"dtype: 'float16', but graphs.decoder declares float32 inputs_embeds"),
+        (_set("fp32", "dtype"), r"dtype: must be one of 'float32', 'float16'; got 'fp32'"),
+        (_set(True, "bake_experts"), r"bake_experts: true, but graphs.decoder declares expert-bank inputs"),
+        (_set("no", "bake_experts"), r"bake_experts: expected a boolean \(true/false\), got a string \('no'\)"),
+        (_delete("model", "state_size"), r"model.state_size: missing required key"),
+        (_set("10", "model", "state_size"), r"model.state_size: expected an integer, got a string \('10'\)"),
+        (
+            _set(3, "model", "num_layers"),
+            (
+                r"graphs.decoder: does not match model, dtype and bake_experts "
+                r"\(input bank.lora_A.\w+ .*expected past_key_values.2.key"
+            ),
+        ),
+        (_set(5, "adapter", "num_experts"), r"adapter.num_experts: 5, but model.num_experts is 4"),
+        (_set(4, "adapter", "r"), r"adapter.r: 4, but model.bank_shapes holds rank 8"),
+        (_delete("graphs", "decoder", "inputs"), r"graphs.decoder.inputs: missing required key"),
+        (
+            _set([{"name": "seq"}], "graphs", "encoder", "inputs"),
+            r"graphs.encoder.inputs\[0\].dtype: missing required key",
+        ),
+        (_delete("tokens", "[CansEmb]"), r"tokens: has no \[CansEmb\]"),
+        (_set([2, "eos"], "eos_token_ids"), r"eos_token_ids\[1\]: expected an integer, got a string \('eos'\)"),
+        (_delete("prompts_source"), r"prompts_source: missing required key"),
+        (_delete("files", "catalogue.json"), r"files: lists no catalogue.json"),
+        (_set({"bits": "8"}, "quantization"), r"quantization.bits: expected an integer, got a string \('8'\)"),
+        (_delete("source", "checkpoint_sha256"), r"source.checkpoint_sha256: missing required key"),
+        (_set([1], "model"), r"model: expected a mapping of keys, got a list \(\[1\]\)"),
+    ],
+)
 def test_hand_edited_manifest_is_refused_naming_the_key(copy, change, message):
     _edit(copy, change)
     with pytest.raises(ExportError, match=message) as err:
@@ -109,8 +122,11 @@ def test_non_finite_bank_given_with_bank_is_refused(tiny_export, tmp_path, value
     from ilora_export.runtime.ort_backend import OrtBackend
 
     bank = _nan_bank(tiny_export[1] / BANK, tmp_path / "bad.safetensors", value=value)
-    with pytest.raises(ExportError, match=r"bad.safetensors: lora_B.v_proj holds 1 non-finite value "
-                                          r"\(NaN or Inf\), first at \[1, 2, 3\]"):
+    with pytest.raises(
+        ExportError,
+        match=r"bad.safetensors: lora_B.v_proj holds 1 non-finite value "
+        r"\(NaN or Inf\), first at \[1, 2, 3\]",
+    ):
         OrtBackend(load_export(tiny_export[1]), bank=bank)
 
 
@@ -126,8 +142,23 @@ def test_non_finite_bank_of_an_export_is_refused(copy):
 
 def test_cli_eval_with_a_nan_bank_exits_with_an_error(tiny_export, toy_data_dir, tmp_path, capsys):
     bank = _nan_bank(tiny_export[1] / BANK, tmp_path / "bad.safetensors")
-    assert cli_exit_code(["eval", str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir),
-                          "--limit", "1", "--bank", str(bank)]) == 1
+    assert (
+        cli_exit_code(
+            [
+                "eval",
+                str(tiny_export[1]),
+                "--backend",
+                "ort",
+                "--data",
+                str(toy_data_dir),
+                "--limit",
+                "1",
+                "--bank",
+                str(bank),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Error: " in err and "lora_B.v_proj" in err and "Hint: " in err and "Traceback" not in err
 

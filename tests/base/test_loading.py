@@ -53,7 +53,7 @@ def test_real_smollm2_answers(smollm2_dir):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 
@@ -61,8 +61,9 @@ def test_bert_folder_is_not_a_causal_lm(tmp_path, tiny_llama_dir):
     from transformers import BertConfig, BertModel
 
     folder = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                         vocab_size=99)).save_pretrained(folder)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=99)
+    ).save_pretrained(folder)
     shutil.copy(tiny_llama_dir / "tokenizer.json", folder)
     assert message(folder) == f"{folder} is not a causal LM: config.json declares BertModel"
     with pytest.raises(BaseModelError):
@@ -87,8 +88,9 @@ def test_bad_config(tiny_copy):
     cfg_file.write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_type"}))
     assert message(tiny_copy) == f"{cfg_file} declares no model_type"
     cfg_file.write_text(json.dumps({**cfg, "model_type": "t5", "architectures": None}))
-    assert message(tiny_copy) == (f"{tiny_copy} is not a causal LM: model_type 't5' has no causal-LM model "
-                                  "in transformers")
+    assert message(tiny_copy) == (
+        f"{tiny_copy} is not a causal LM: model_type 't5' has no causal-LM model in transformers"
+    )
 
 
 def test_missing_weights(tiny_copy):
@@ -100,11 +102,14 @@ def test_missing_weights(tiny_copy):
 
 def test_missing_shard_listed_in_index(tiny_copy):
     (tiny_copy / "model.safetensors").rename(tiny_copy / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (tiny_copy / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert message(tiny_copy) == (f"{tiny_copy} is missing weight shard model-00002-of-00002.safetensors "
-                                  "listed in model.safetensors.index.json")
+    assert message(tiny_copy) == (
+        f"{tiny_copy} is missing weight shard model-00002-of-00002.safetensors listed in model.safetensors.index.json"
+    )
 
 
 def test_missing_tokenizer(tiny_copy):

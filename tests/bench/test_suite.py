@@ -15,9 +15,20 @@ from tests.runtime.recording import RecordingBackend
 
 def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data_dir, tmp_path):
     ckpt, export = tiny_export
-    report = run_bench(export, toy_data_dir, checkpoint=ckpt, threads=1, repeats=2, limit=4,
-                       prompt_lengths=(16, 32), decode_past=20, decode_steps=3, batch_sizes=(1, 2),
-                       output=tmp_path, log=lambda m: None)
+    report = run_bench(
+        export,
+        toy_data_dir,
+        checkpoint=ckpt,
+        threads=1,
+        repeats=2,
+        limit=4,
+        prompt_lengths=(16, 32),
+        decode_past=20,
+        decode_steps=3,
+        batch_sizes=(1, 2),
+        output=tmp_path,
+        log=lambda m: None,
+    )
     assert list(report["rows"]) == list(ROWS)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["rows"].keys() == report["rows"].keys()

@@ -38,22 +38,25 @@ def _drop(section, key):
     return lambda cfg: cfg[section].pop(key)
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (_set("adapter", "r", "eight"), "adapter.r: expected an integer, got a string ('eight')"),
-    (_set("adapter", "alpha", float("nan")), "adapter.alpha: must be a finite number; got nan"),
-    (_set("adapter", "num_experts", 3), "adapter.r: must be divisible by adapter.num_experts (r=8, num_experts=3)"),
-    (_set("adapter", "gate", "sparse"), "adapter.gate: must be one of 'dense', 'resnet'; got 'sparse'"),
-    (_set("adapter", "dtype", "float16"), "adapter.dtype: unknown key"),
-    (_drop("adapter", "target_modules"), "adapter.target_modules: missing required key"),
-    (_drop("base_model", "hidden_size"), "base_model.hidden_size: missing required key"),
-    (_set("base_model", "num_hidden_layers", "2"), "base_model.num_hidden_layers: expected an integer"),
-    (_set("sasrec", "hidden", 16.5), "sasrec.hidden: expected an integer, got a number (16.5)"),
-    (_set("sasrec", "dtype", "float16"), "sasrec.dtype: unknown key"),
-    (_set("tokens", "[PAD]", "x"), "tokens['[PAD]']: expected an integer, got a string ('x')"),
-    (lambda cfg: cfg.__setitem__("tokens", []), "tokens: expected a mapping of strings to integers, got a list"),
-    (lambda cfg: cfg.__setitem__("dtype", "float16"), "dtype: unknown key"),
-    (lambda cfg: cfg.pop("prompts"), "prompts: missing required key"),
-])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_set("adapter", "r", "eight"), "adapter.r: expected an integer, got a string ('eight')"),
+        (_set("adapter", "alpha", float("nan")), "adapter.alpha: must be a finite number; got nan"),
+        (_set("adapter", "num_experts", 3), "adapter.r: must be divisible by adapter.num_experts (r=8, num_experts=3)"),
+        (_set("adapter", "gate", "sparse"), "adapter.gate: must be one of 'dense', 'resnet'; got 'sparse'"),
+        (_set("adapter", "dtype", "float16"), "adapter.dtype: unknown key"),
+        (_drop("adapter", "target_modules"), "adapter.target_modules: missing required key"),
+        (_drop("base_model", "hidden_size"), "base_model.hidden_size: missing required key"),
+        (_set("base_model", "num_hidden_layers", "2"), "base_model.num_hidden_layers: expected an integer"),
+        (_set("sasrec", "hidden", 16.5), "sasrec.hidden: expected an integer, got a number (16.5)"),
+        (_set("sasrec", "dtype", "float16"), "sasrec.dtype: unknown key"),
+        (_set("tokens", "[PAD]", "x"), "tokens['[PAD]']: expected an integer, got a string ('x')"),
+        (lambda cfg: cfg.__setitem__("tokens", []), "tokens: expected a mapping of strings to integers, got a list"),
+        (lambda cfg: cfg.__setitem__("dtype", "float16"), "dtype: unknown key"),
+        (lambda cfg: cfg.pop("prompts"), "prompts: missing required key"),
+    ],
+)
 def test_hand_edited_config_names_the_key(ckpt, tmp_path, edit, problem):
     with pytest.raises(CheckpointError) as err:
         read_checkpoint(_edited(ckpt, tmp_path, edit))
@@ -107,8 +110,14 @@ def test_saving_non_finite_weights_is_refused(tmp_path, tiny_llama_dir, toy_data
     with torch.no_grad():
         model.adapter_state_dict()[name][0, 0] = float("nan")
     with pytest.raises(CheckpointError) as err:
-        save_checkpoint(model, tmp_path / "ckpt", base_model_ref="x", base_model_dir=tiny_llama_dir,
-                        catalogue=load_dataset(toy_data_dir).catalogue, templates=default_templates())
+        save_checkpoint(
+            model,
+            tmp_path / "ckpt",
+            base_model_ref="x",
+            base_model_dir=tiny_llama_dir,
+            catalogue=load_dataset(toy_data_dir).catalogue,
+            templates=default_templates(),
+        )
     assert err.value.message == f"{tmp_path / 'ckpt'}: {name} holds non-finite values (nan); not saved"
     assert err.value.hint
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -148,10 +157,13 @@ def test_eval_of_a_nan_checkpoint_fails_before_generating(ckpt, tmp_path, toy_da
 # ---------------------------------------------------------------- folders that are not checkpoints
 
 
-@pytest.mark.parametrize("index, kind, hint", [
-    ({"manifest.json": {"format": "ilora-export/onnx", "format_version": 1}}, "an ONNX export", "--backend ort"),
-    ({"engines.json": {"export": "/x", "dtype": "float32"}}, "a TensorRT engines folder", "--backend trt"),
-])
+@pytest.mark.parametrize(
+    "index, kind, hint",
+    [
+        ({"manifest.json": {"format": "ilora-export/onnx", "format_version": 1}}, "an ONNX export", "--backend ort"),
+        ({"engines.json": {"export": "/x", "dtype": "float32"}}, "a TensorRT engines folder", "--backend trt"),
+    ],
+)
 def test_export_or_engines_folder_is_named(tmp_path, capsys, index, kind, hint):
     folder = tmp_path / "out"
     folder.mkdir()

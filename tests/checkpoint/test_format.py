@@ -19,8 +19,14 @@ from tests.factories import make_tiny_ilora
 def saved(tmp_path_factory, tiny_llama_dir, toy_data_dir):
     ds = load_dataset(toy_data_dir)
     model = make_tiny_ilora(tiny_llama_dir)
-    path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "ckpt", base_model_ref=str(tiny_llama_dir),
-                           base_model_dir=tiny_llama_dir, catalogue=ds.catalogue, templates=default_templates())
+    path = save_checkpoint(
+        model,
+        tmp_path_factory.mktemp("ckpt") / "ckpt",
+        base_model_ref=str(tiny_llama_dir),
+        base_model_dir=tiny_llama_dir,
+        catalogue=ds.catalogue,
+        templates=default_templates(),
+    )
     return model, path, ds
 
 
@@ -47,8 +53,12 @@ def test_config_documents_the_model(saved):
     assert cfg["tokens"] == model.token_ids
     assert cfg["adapter"]["r"] == 8 and cfg["adapter"]["num_experts"] == 4
     assert cfg["base_model"]["hidden_size"] == 64 and cfg["sasrec"]["item_num"] == 50
-    assert set(cfg["files"]) >= {"adapter.safetensors", "sasrec.safetensors", "catalogue.json",
-                                 "tokenizer/tokenizer.json"}
+    assert set(cfg["files"]) >= {
+        "adapter.safetensors",
+        "sasrec.safetensors",
+        "catalogue.json",
+        "tokenizer/tokenizer.json",
+    }
 
 
 def _copy(path, tmp_path):
@@ -88,14 +98,26 @@ def test_crash_mid_save_leaves_nothing_that_loads(saved, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(fmt, "save_file", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(model, target, base_model_ref="x", base_model_dir=tiny_llama_dir,
-                        catalogue=ds.catalogue, templates=default_templates())
+        save_checkpoint(
+            model,
+            target,
+            base_model_ref="x",
+            base_model_dir=tiny_llama_dir,
+            catalogue=ds.catalogue,
+            templates=default_templates(),
+        )
     assert read_checkpoint(target).config == read_checkpoint(path).config  # the old one is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary left behind
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(model, tmp_path / "fresh", base_model_ref="x", base_model_dir=tiny_llama_dir,
-                        catalogue=ds.catalogue, templates=default_templates())
+        save_checkpoint(
+            model,
+            tmp_path / "fresh",
+            base_model_ref="x",
+            base_model_dir=tiny_llama_dir,
+            catalogue=ds.catalogue,
+            templates=default_templates(),
+        )
     assert not (tmp_path / "fresh").exists()
 
 

@@ -15,11 +15,13 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from ilora_export.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            f"for c in {sorted(COMMANDS)!r}:\n"
-            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported by --help'")
+    code = (
+        "import sys; from ilora_export.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"for c in {sorted(COMMANDS)!r}:\n"
+        "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -53,8 +55,9 @@ def test_base_model_that_is_not_a_causal_lm_is_refused(tmp_path, tiny_llama_dir,
     from transformers import BertConfig, BertModel
 
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-              ).save_pretrained(bert)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(bert)
     recipe = _write_recipe(tmp_path / "r.yaml", tiny_llama_dir, toy_data_dir, tmp_path / "run")
     assert cli_exit_code(["finetune", str(recipe), f"base_model={bert}"]) == 1
     err = capsys.readouterr().err

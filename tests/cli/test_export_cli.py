@@ -21,8 +21,23 @@ def pipeline(tiny_llama_dir, toy_data_dir, tmp_path_factory):
 def test_eval_ort_gives_the_torch_answers(pipeline, toy_data_dir):
     root, ckpt, export = pipeline
     for backend, target in (("torch", ckpt), ("ort", export)):
-        assert cli_exit_code(["eval", str(target), "--backend", backend, "--data", str(toy_data_dir),
-                              "--threads", "1", "-o", str(root / f"eval-{backend}")]) == 0
+        assert (
+            cli_exit_code(
+                [
+                    "eval",
+                    str(target),
+                    "--backend",
+                    backend,
+                    "--data",
+                    str(toy_data_dir),
+                    "--threads",
+                    "1",
+                    "-o",
+                    str(root / f"eval-{backend}"),
+                ]
+            )
+            == 0
+        )
     rows = {b: (root / f"eval-{b}" / "predictions.csv").read_text() for b in ("torch", "ort")}
     assert rows["torch"] == rows["ort"]
     summary = json.loads((root / "eval-ort" / "summary.json").read_text())
@@ -31,8 +46,10 @@ def test_eval_ort_gives_the_torch_answers(pipeline, toy_data_dir):
 
 def test_verify_passes_and_writes_its_report(pipeline, toy_data_dir, capsys):
     root, ckpt, export = pipeline
-    assert cli_exit_code(["verify", str(ckpt), str(export), "--data", str(toy_data_dir),
-                          "-o", str(root / "verify.json")]) == 0
+    assert (
+        cli_exit_code(["verify", str(ckpt), str(export), "--data", str(toy_data_dir), "-o", str(root / "verify.json")])
+        == 0
+    )
     report = json.loads((root / "verify.json").read_text())
     assert report["ok"] and report["answers"]["agree"] == report["answers"]["rows"] == 12
     assert report["logits"]["prefill_logits_max_abs"] <= 1e-4
@@ -71,8 +88,11 @@ def _dead_pid() -> int:
     import subprocess
     import sys
 
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_onnx_never_replaces_a_folder_it_did_not_write(pipeline, tmp_path, capsys):

@@ -17,8 +17,11 @@ def test_fetch_prints_the_converted_folder(smollm2_dir, monkeypatch):
 
 def test_fetch_cache_dir_option(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(fetch, "fetch_default_base", lambda cache_dir=None, progress=True: seen.append(cache_dir)
-                        or fetch.default_base_dir(cache_dir))
+    monkeypatch.setattr(
+        fetch,
+        "fetch_default_base",
+        lambda cache_dir=None, progress=True: seen.append(cache_dir) or fetch.default_base_dir(cache_dir),
+    )
     result = CliRunner().invoke(cli, ["fetch", "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert seen == [str(tmp_path / "c")]

@@ -39,8 +39,13 @@ def _commands(ckpt, data, recipe_file, out):
         "evalset": ["evalset", "--data", str(data), "-o", str(out / "e.jsonl")],
         "eval": ["eval", str(ckpt), "--data", str(data), "--limit", "2", "-o", str(out / "eval")],
         "onnx": ["onnx", str(ckpt), "-o", str(out / "onnx"), "--no-validate"],
-        "finetune": ["finetune", str(recipe_file), f"output_dir={out / 'run'}", "train.max_steps=1",
-                     "train.eval_rows=0"],
+        "finetune": [
+            "finetune",
+            str(recipe_file),
+            f"output_dir={out / 'run'}",
+            "train.max_steps=1",
+            "train.eval_rows=0",
+        ],
     }
 
 

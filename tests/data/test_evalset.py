@@ -180,8 +180,9 @@ def test_other_catalogue(evalset_file, tmp_path):
 
 def test_bad_padding(evalset_file):
     lines = evalset_file.read_text(encoding="utf-8").split("\n")
-    lineno, row = next((i, json.loads(line)) for i, line in enumerate(lines[1:-1], start=2)
-                       if json.loads(line)["len_seq"] < 10)
+    lineno, row = next(
+        (i, json.loads(line)) for i, line in enumerate(lines[1:-1], start=2) if json.loads(line)["len_seq"] < 10
+    )
     _edit_row(evalset_file, lineno, seq=row["seq"][: row["len_seq"]] + [7] * (10 - row["len_seq"]))
     with pytest.raises(DataError, match="not padded with the padding id 50"):
         read_eval_set(evalset_file)

@@ -82,6 +82,7 @@ def _synthetic(layout: str):
     def make(tmp_path) -> pd.DataFrame:
         root = write_synthetic_dataset(tmp_path / layout, num_rows=(30, 5, 5), layout=layout)
         return pd.read_pickle(root / SPLIT_FILES["train"])
+
     return make
 
 
@@ -91,7 +92,8 @@ FRAMES = {
     "steam-like": lambda tmp_path: _steam_like(),
     "object-scalars": lambda tmp_path: _steam_like().astype(object),  # numpy scalars inside object columns
     "python-strings": lambda tmp_path: _steam_like().set_axis(
-        pd.Index(["seq", "len_seq", "next"], dtype=pd.StringDtype("python")), axis=1),
+        pd.Index(["seq", "len_seq", "next"], dtype=pd.StringDtype("python")), axis=1
+    ),
     "int-index": lambda tmp_path: _steam_like().set_axis(pd.Index(np.arange(40, dtype=np.int64) * 3)),
 }
 
@@ -145,8 +147,12 @@ class _OldPickler(pickle.Pickler):
         if self.locs is not None:
             blocks[0]["mgr_locs"] = self.locs
         axes = list(obj.axes)
-        state = (axes, [b.values for b in obj.blocks], [obj.items[b.mgr_locs.indexer] for b in obj.blocks],
-                 {"0.14.1": {"axes": axes, "blocks": blocks}})
+        state = (
+            axes,
+            [b.values for b in obj.blocks],
+            [obj.items[b.mgr_locs.indexer] for b in obj.blocks],
+            {"0.14.1": {"axes": axes, "blocks": blocks}},
+        )
         return copyreg.__newobj__, (BlockManager,), state
 
 

@@ -112,8 +112,13 @@ def test_uitem_titles(tmp_path):
     (tmp_path / "u.item").write_bytes(("\n".join(lines) + "\n").encode("iso-8859-1"))
     cat = load_catalogue(tmp_path)
     assert cat.titles == {
-        0: "Toy Story", 1: "The Usual Suspects", 2: "The Big Blue (Grand bleu, Le)", 3: "Nénette et Boni",
-        4: "unknown", 5: "Anna", 6: "A Man from Down Under",
+        0: "Toy Story",
+        1: "The Usual Suspects",
+        2: "The Big Blue (Grand bleu, Le)",
+        3: "Nénette et Boni",
+        4: "unknown",
+        5: "Anna",
+        6: "A Man from Down Under",
     }
     assert cat.pad_id == 7
 
@@ -123,13 +128,16 @@ def test_article_move_only_for_uitem(tmp_path):
     assert load_catalogue(tmp_path).titles == {0: "Beatles, The", 1: "Padded Name"}
 
 
-@pytest.mark.parametrize("raw, title", [
-    ("Shawshank Redemption, The (1994)", "The Shawshank Redemption"),
-    ("American President, An (1995)", "An American President"),
-    ("Stand by Me (1986)", "Stand by Me"),
-    ("Seven (Se7en) (1995)", "Seven (Se7en)"),
-    ("Bewegte Mann, Der (1994)", "Bewegte Mann, Der"),
-])
+@pytest.mark.parametrize(
+    "raw, title",
+    [
+        ("Shawshank Redemption, The (1994)", "The Shawshank Redemption"),
+        ("American President, An (1995)", "An American President"),
+        ("Stand by Me (1986)", "Stand by Me"),
+        ("Seven (Se7en) (1995)", "Seven (Se7en)"),
+        ("Bewegte Mann, Der (1994)", "Bewegte Mann, Der"),
+    ],
+)
 def test_parse_movielens_title(raw, title):
     assert parse_movielens_title(raw) == title
 
@@ -140,15 +148,18 @@ def test_id2name_preferred_over_uitem(synthetic_dir, tmp_path):
     assert load_catalogue(tmp_path).titles == {0: "Zero", 1: "One"}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0::A\n1::B\n3::D\n", r"not contiguous \(id 2 is missing"),
-    ("1::A\n2::B\n", r"not contiguous \(id 0 is missing"),
-    ("0::A\nB without id\n", "line 2 is not 'ID::Name'"),
-    ("0::A\nx::B\n", "line 2 has a non-integer item id 'x'"),
-    ("0::A\n0::B\n", "line 2 repeats item id 0"),
-    ("0::A\n1::  \n", "line 2 has an empty title"),
-    ("\n\n", "the catalogue is empty"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0::A\n1::B\n3::D\n", r"not contiguous \(id 2 is missing"),
+        ("1::A\n2::B\n", r"not contiguous \(id 0 is missing"),
+        ("0::A\nB without id\n", "line 2 is not 'ID::Name'"),
+        ("0::A\nx::B\n", "line 2 has a non-integer item id 'x'"),
+        ("0::A\n0::B\n", "line 2 repeats item id 0"),
+        ("0::A\n1::  \n", "line 2 has an empty title"),
+        ("\n\n", "the catalogue is empty"),
+    ],
+)
 def test_bad_id2name(tmp_path, text, message):
     (tmp_path / "id2name.txt").write_text(text, encoding="utf-8")
     with pytest.raises(DataError, match=message) as err:

@@ -44,11 +44,14 @@ def test_prompt_file_format(tmp_path):
     assert load_prompt_file(path).templates == ("A [HistoryHere] B [CansHere] is ", "C [CansHere] D [HistoryHere]:  ")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[HistoryHere] [CansHere]\n\nonly [HistoryHere] here\n", "line 3 has no \\[CansHere\\] slot"),
-    ("[HistoryHere] [CansHere]\nnothing\n", "line 2 has no \\[HistoryHere\\] and no \\[CansHere\\] slot"),
-    ("\n \n", "no prompt template"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[HistoryHere] [CansHere]\n\nonly [HistoryHere] here\n", "line 3 has no \\[CansHere\\] slot"),
+        ("[HistoryHere] [CansHere]\nnothing\n", "line 2 has no \\[HistoryHere\\] and no \\[CansHere\\] slot"),
+        ("\n \n", "no prompt template"),
+    ],
+)
 def test_bad_prompt_file(tmp_path, text, message):
     path = tmp_path / "bad.txt"
     path.write_text(text, encoding="utf-8")
@@ -64,8 +67,9 @@ def test_missing_prompt_file(tmp_path):
 
 def test_render_prompt():
     text = render_prompt("Seen [HistoryHere]. Pick from [CansHere]. The answer is ", ["A", "B c"], ["X", "Y", "Z"])
-    assert text == (f"Seen A {HISTORY_EMB}, B c {HISTORY_EMB}. "
-                    f"Pick from X {CANS_EMB}, Y {CANS_EMB}, Z {CANS_EMB}. The answer is ")
+    assert text == (
+        f"Seen A {HISTORY_EMB}, B c {HISTORY_EMB}. Pick from X {CANS_EMB}, Y {CANS_EMB}, Z {CANS_EMB}. The answer is "
+    )
 
 
 def test_render_prompt_does_not_expand_slots_inside_titles():

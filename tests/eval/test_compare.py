@@ -6,8 +6,9 @@ from ilora_export.eval.compare import compare_answers
 
 def _output(answers, valid_ratio, hit):
     records = [{"row_id": i * 7, "answer": a} for i, a in enumerate(answers)]
-    return EvalOutput(records, {"valid_ratio": valid_ratio, "hit_ratio@1_of_valid": hit / valid_ratio,
-                                "hit_ratio@1_of_total": hit})
+    return EvalOutput(
+        records, {"valid_ratio": valid_ratio, "hit_ratio@1_of_valid": hit / valid_ratio, "hit_ratio@1_of_total": hit}
+    )
 
 
 def test_counts_agreement_names_the_differing_rows_and_the_deltas():

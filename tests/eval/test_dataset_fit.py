@@ -34,18 +34,35 @@ def test_renamed_catalogue_is_refused_on_every_path(tiny_export, renamed, tmp_pa
     ckpt, export = tiny_export
     backend = "torch" if path.endswith("torch") else "ort"
     output = tmp_path / "out" if path != "plain-torch" and path != "plain-ort" else None
-    with pytest.raises(DataError, match=r"catalogue differs from the model's .* first at item id 0: "
-                                        r"'Item Alpha 00 \(remix\)' here, 'Item Alpha 00' in the model") as err:
-        run_eval(EvalRequest(ckpt if backend == "torch" else export, renamed, "test", backend=backend, limit=2,
-                             output=output, ray=path == "ray", threads=1), progress=False)
+    with pytest.raises(
+        DataError,
+        match=r"catalogue differs from the model's .* first at item id 0: "
+        r"'Item Alpha 00 \(remix\)' here, 'Item Alpha 00' in the model",
+    ) as err:
+        run_eval(
+            EvalRequest(
+                ckpt if backend == "torch" else export,
+                renamed,
+                "test",
+                backend=backend,
+                limit=2,
+                output=output,
+                ray=path == "ray",
+                threads=1,
+            ),
+            progress=False,
+        )
     assert "50 of 50 items" in err.value.message and "--allow-catalogue-mismatch" in err.value.hint
     assert output is None or not (output / "shards").exists()  # refused before any work
 
 
 def test_one_renamed_title_is_named(tiny_export, toy_data_dir, tmp_path):
     one = _renamed_copy(toy_data_dir, tmp_path / "one", lambda i, t: "Another Song" if i == 17 else t)
-    with pytest.raises(DataError, match=r"1 of 50 items, first at item id 17: 'Another Song' here, "
-                                        r"'Item Romeo 17' in the model"):
+    with pytest.raises(
+        DataError,
+        match=r"1 of 50 items, first at item id 17: 'Another Song' here, "
+        r"'Item Romeo 17' in the model",
+    ):
         run_eval(EvalRequest(tiny_export[0], one, "test", limit=1), progress=False)
 
 
@@ -59,12 +76,32 @@ def test_same_titles_in_the_movielens_layout_are_accepted(tiny_export, tmp_path)
 
 def test_mismatch_can_be_allowed_and_is_recorded(tiny_export, renamed, tmp_path):
     out = tmp_path / "out"
-    summary = run_eval(EvalRequest(tiny_export[1], renamed, "test", backend="ort", limit=2, output=out, threads=1,
-                                   allow_catalogue_mismatch=True), progress=False)
+    summary = run_eval(
+        EvalRequest(
+            tiny_export[1],
+            renamed,
+            "test",
+            backend="ort",
+            limit=2,
+            output=out,
+            threads=1,
+            allow_catalogue_mismatch=True,
+        ),
+        progress=False,
+    )
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["catalogue_mismatch"] == summary["catalogue_mismatch"] == {
-        "allowed": True, "items_differing": 50, "first_item_id": 0, "dataset_title": "Item Alpha 00 (remix)",
-        "model_title": "Item Alpha 00", "dataset_sha256": load_catalogue(renamed).fingerprint()}
+    assert (
+        saved["catalogue_mismatch"]
+        == summary["catalogue_mismatch"]
+        == {
+            "allowed": True,
+            "items_differing": 50,
+            "first_item_id": 0,
+            "dataset_title": "Item Alpha 00 (remix)",
+            "model_title": "Item Alpha 00",
+            "dataset_sha256": load_catalogue(renamed).fingerprint(),
+        }
+    )
     assert saved["rows"] == 2
     # judged against the model's titles, as the prompts show them
     assert "(remix)" not in (out / "predictions.csv").read_text(encoding="utf-8")
@@ -91,8 +128,10 @@ def test_longer_histories_than_the_model_takes_are_refused(tiny_export, tmp_path
     data = write_synthetic_dataset(tmp_path / "long", seq_len=12)  # same catalogue, 12 history slots
     target = tiny_export[0] if backend == "torch" else tiny_export[1]
     with pytest.raises(DataError, match=r"Test_data.df: histories hold 12 items .*the model takes 10"):
-        run_eval(EvalRequest(target, data, "test", backend=backend, limit=2, threads=1, output=tmp_path / "out"),
-                 progress=False)
+        run_eval(
+            EvalRequest(target, data, "test", backend=backend, limit=2, threads=1, output=tmp_path / "out"),
+            progress=False,
+        )
     assert not (tmp_path / "out" / "shards").exists()
 
 

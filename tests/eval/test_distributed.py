@@ -16,8 +16,17 @@ ROWS, SHARD_ROWS = 48, 4
 
 
 def _request(tiny_export, toy_data_dir, **fields) -> EvalRequest:
-    return EvalRequest(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS, shard_rows=SHARD_ROWS,
-                       threads=1, batch_size=2, **fields)
+    return EvalRequest(
+        tiny_export[1],
+        toy_data_dir,
+        "train",
+        backend="ort",
+        limit=ROWS,
+        shard_rows=SHARD_ROWS,
+        threads=1,
+        batch_size=2,
+        **fields,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +52,34 @@ def _shard_workers(out) -> list[str]:
 
     import pyarrow.parquet as pq
 
-    return [json.loads(pq.read_schema(f).metadata[b"ilora_export.shard"])["worker"]
-            for f in sorted((out / "shards").glob("shard-*.parquet"))]
+    return [
+        json.loads(pq.read_schema(f).metadata[b"ilora_export.shard"])["worker"]
+        for f in sorted((out / "shards").glob("shard-*.parquet"))
+    ]
 
 
 def test_killed_ray_run_resumes_to_the_uninterrupted_result(single, tiny_export, toy_data_dir, tmp_path):
     out = tmp_path / "killed"
-    args = [str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--split", "train",
-            "--limit", str(ROWS), "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1",
-            "--ray", "--num-workers", "1"]
+    args = [
+        str(tiny_export[1]),
+        "--backend",
+        "ort",
+        "--data",
+        str(toy_data_dir),
+        "--split",
+        "train",
+        "--limit",
+        str(ROWS),
+        "--shard-rows",
+        str(SHARD_ROWS),
+        "--threads",
+        "1",
+        "--batch-size",
+        "1",
+        "--ray",
+        "--num-workers",
+        "1",
+    ]
     finished = kill_eval_at_first_shard(args, out, timeout=240)  # the driver and any Ray instance it started
     assert 1 <= finished < ROWS // SHARD_ROWS and not (out / "predictions.csv").exists()
     resumed = run_eval(_request(tiny_export, toy_data_dir, output=out, ray=True, num_workers=2), progress=False)
@@ -59,8 +87,7 @@ def test_killed_ray_run_resumes_to_the_uninterrupted_result(single, tiny_export,
     assert (out / "predictions.csv").read_bytes() == (single / "predictions.csv").read_bytes()
 
 
-def test_actors_are_handed_the_request_and_the_rows_not_the_output_files(single, tiny_export, toy_data_dir,
-                                                                         tmp_path):
+def test_actors_are_handed_the_request_and_the_rows_not_the_output_files(single, tiny_export, toy_data_dir, tmp_path):
     """ray_evaluate alone, on a folder that holds neither run.json nor evalset.jsonl and with the prompt
     file gone: the actors evaluate from what they are given (the request, the store, the rows, the templates)."""
     from ilora_export.data.evalset import read_eval_set

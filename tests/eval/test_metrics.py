@@ -25,8 +25,12 @@ def test_no_candidate_is_invalid_and_matching_is_case_insensitive():
 
 
 def test_summary_reports_both_hit_ratios():
-    js = [judge("Enigma", "Enigma", CANS), judge("Morcheeba", "Enigma", CANS), judge("zzz", "Enigma", CANS),
-          judge("Enigma", "Enigma", CANS)]
+    js = [
+        judge("Enigma", "Enigma", CANS),
+        judge("Morcheeba", "Enigma", CANS),
+        judge("zzz", "Enigma", CANS),
+        judge("Enigma", "Enigma", CANS),
+    ]
     s = summarize(js)
     assert (s["rows"], s["valid"], s["correct"]) == (4, 3, 2)
     assert s["valid_ratio"] == 0.75

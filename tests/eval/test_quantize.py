@@ -25,8 +25,7 @@ def int8(tiny_export, toy_data_dir, tmp_path_factory):
     _, export = tiny_export
     out = tmp_path_factory.mktemp("quant") / "int8"
     logs = []
-    manifest = quantize_export(export, out, bits=8, data_dir=toy_data_dir, threads=1, progress=False,
-                               log=logs.append)
+    manifest = quantize_export(export, out, bits=8, data_dir=toy_data_dir, threads=1, progress=False, log=logs.append)
     return export, out, manifest, logs
 
 
@@ -48,7 +47,8 @@ def test_base_weights_are_quantized_and_the_bank_is_not(int8):
     assert {i.name for i in graph.graph.input} >= {f"bank.{k}" for k in info.shape.bank_shapes}
     assert sha256_file(out / BANK) == sha256_file(source / BANK)
     assert info.quantization["bits"] == 8 and info.quantization["source_manifest_sha256"] == sha256_file(
-        source / MANIFEST)
+        source / MANIFEST
+    )
     assert (out / "decoder.onnx.data").stat().st_size < 0.5 * (source / "decoder.onnx.data").stat().st_size
 
 
@@ -60,7 +60,8 @@ def test_quality_gate_reports_what_the_two_exports_answer(int8, toy_data_dir):
     agree = sum(a["answer"] == b["answer"] for a, b in zip(runs[0].records, runs[1].records))
     assert (q["rows"], q["agree"]) == (len(evalset.rows), agree)
     assert q["hit_ratio@1_delta"] == pytest.approx(
-        runs[1].summary["hit_ratio@1_of_total"] - runs[0].summary["hit_ratio@1_of_total"])
+        runs[1].summary["hit_ratio@1_of_total"] - runs[0].summary["hit_ratio@1_of_total"]
+    )
     assert q["passed"] == (q["agreement"] >= q["min_agreement"])
     assert any(line.startswith("answers identical to fp32") for line in logs)
     # int8 weights move the logits a little, not a lot (the tiny model's logits are O(1))
@@ -96,8 +97,18 @@ def _bank_meta(export_dir):
 def test_warning_when_agreement_is_below_the_threshold(tiny_export, toy_data_dir, tmp_path):
     _, export = tiny_export
     logs = []
-    m = quantize_export(export, tmp_path / "q4", bits=4, block_size=16, data_dir=toy_data_dir, limit=6,
-                        min_agreement=1.0, threads=1, progress=False, log=logs.append)
+    m = quantize_export(
+        export,
+        tmp_path / "q4",
+        bits=4,
+        block_size=16,
+        data_dir=toy_data_dir,
+        limit=6,
+        min_agreement=1.0,
+        threads=1,
+        progress=False,
+        log=logs.append,
+    )
     q = m["quantization"]["quality"]
     assert q["rows"] == 6
     warned = any(line.startswith("Warning: only") for line in logs)
@@ -120,17 +131,21 @@ def _edited_copy(export, tmp_path, **changes):
     copy = shutil.copytree(export, tmp_path / "edited")
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest.update(changes)
-    manifest["graphs"]["decoder"] = decoder_contract(ModelShape.from_dict(manifest["model"]), manifest["dtype"],
-                                                     bake_experts=manifest["bake_experts"]).to_dict()
+    manifest["graphs"]["decoder"] = decoder_contract(
+        ModelShape.from_dict(manifest["model"]), manifest["dtype"], bake_experts=manifest["bake_experts"]
+    ).to_dict()
     (copy / MANIFEST).write_text(json.dumps(manifest))
     return copy
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"dtype": "float16"}, "starts from fp32"),
-    ({"bake_experts": True}, "where it would be quantized too"),
-    ({"quantization": {"bits": 8}}, "already quantized"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dtype": "float16"}, "starts from fp32"),
+        ({"bake_experts": True}, "where it would be quantized too"),
+        ({"quantization": {"bits": 8}}, "already quantized"),
+    ],
+)
 def test_unsuitable_exports_are_refused(tiny_export, tmp_path, changes, message):
     _, export = tiny_export
     with pytest.raises(IloraError, match=message):
@@ -141,16 +156,46 @@ def test_unsuitable_exports_are_refused(tiny_export, tmp_path, changes, message)
 def test_cli_quantize_then_verify_reports_without_failing(tiny_export, toy_data_dir, tmp_path, capsys):
     ckpt, export = tiny_export
     out = tmp_path / "int4"
-    assert cli_exit_code(["quantize", str(export), "-o", str(out), "--bits", "4", "--block-size", "16",
-                          "--data", str(toy_data_dir), "--threads", "1"]) == 0
+    assert (
+        cli_exit_code(
+            [
+                "quantize",
+                str(export),
+                "-o",
+                str(out),
+                "--bits",
+                "4",
+                "--block-size",
+                "16",
+                "--data",
+                str(toy_data_dir),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "answers identical to fp32" in capsys.readouterr().out
-    assert cli_exit_code(["verify", str(ckpt), str(out), "--data", str(toy_data_dir), "--threads", "1",
-                          "-o", str(tmp_path / "v.json")]) == 0
+    assert (
+        cli_exit_code(
+            [
+                "verify",
+                str(ckpt),
+                str(out),
+                "--data",
+                str(toy_data_dir),
+                "--threads",
+                "1",
+                "-o",
+                str(tmp_path / "v.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["ok"] and report["quantization"]["bits"] == 4
     assert "4-bit weights" in capsys.readouterr().out
-    assert cli_exit_code(["quantize", str(export), "-o", str(tmp_path / "x"), "--bits", "8",
-                          "--block-size", "24"]) == 1
+    assert cli_exit_code(["quantize", str(export), "-o", str(tmp_path / "x"), "--bits", "8", "--block-size", "24"]) == 1
     err = capsys.readouterr().err
     assert "power of two" in err and "Hint:" in err and "Traceback" not in err
 

@@ -16,21 +16,37 @@ from ilora_export.eval.request import DEFAULT_SHARD_ROWS, EvalRequest
 from tests.factories import cli_exit_code
 
 
-@pytest.mark.parametrize("fields, message, hint", [
-    ({"ray": True, "backend": "ort"}, "--ray writes its results per shard into an output folder",
-     "add -o OUTPUT_DIR"),
-    ({"ray": True, "output": "out"}, "--ray runs the ort backend (not torch)", "export first and pass --backend ort"),
-    ({"ray": True, "output": "out", "backend": "trt"}, "--ray runs the ort backend (not trt)",
-     "export first and pass --backend ort"),
-    ({"shard_rows": 0}, "--shard-rows must be >= 1, got 0", "64 is a good default"),
-    ({"batch_size": 0}, "--batch-size must be >= 1, got 0", "leave --batch-size out for its default"),
-    ({"limit": -2}, "--limit must be >= 1, got -2", "leave --limit out for its default"),
-    ({"threads": 0}, "--threads must be >= 1, got 0", "leave --threads out for its default"),
-    ({"num_workers": 0}, "--num-workers must be >= 1, got 0", "leave --num-workers out for its default"),
-    ({"backend": "onnx"}, "--backend must be one of torch, ort, trt, got 'onnx'",
-     "torch for a checkpoint, ort for an export, trt for an engines folder"),
-    ({"device": "tpu"}, "--device must be one of cpu, cuda, got 'tpu'", "--device cpu runs anywhere"),
-])
+@pytest.mark.parametrize(
+    "fields, message, hint",
+    [
+        (
+            {"ray": True, "backend": "ort"},
+            "--ray writes its results per shard into an output folder",
+            "add -o OUTPUT_DIR",
+        ),
+        (
+            {"ray": True, "output": "out"},
+            "--ray runs the ort backend (not torch)",
+            "export first and pass --backend ort",
+        ),
+        (
+            {"ray": True, "output": "out", "backend": "trt"},
+            "--ray runs the ort backend (not trt)",
+            "export first and pass --backend ort",
+        ),
+        ({"shard_rows": 0}, "--shard-rows must be >= 1, got 0", "64 is a good default"),
+        ({"batch_size": 0}, "--batch-size must be >= 1, got 0", "leave --batch-size out for its default"),
+        ({"limit": -2}, "--limit must be >= 1, got -2", "leave --limit out for its default"),
+        ({"threads": 0}, "--threads must be >= 1, got 0", "leave --threads out for its default"),
+        ({"num_workers": 0}, "--num-workers must be >= 1, got 0", "leave --num-workers out for its default"),
+        (
+            {"backend": "onnx"},
+            "--backend must be one of torch, ort, trt, got 'onnx'",
+            "torch for a checkpoint, ort for an export, trt for an engines folder",
+        ),
+        ({"device": "tpu"}, "--device must be one of cpu, cuda, got 'tpu'", "--device cpu runs anywhere"),
+    ],
+)
 def test_one_mistake_is_refused_with_its_message_and_hint(fields, message, hint):
     with pytest.raises(IloraError) as err:
         EvalRequest("model", "data", **fields)
@@ -47,8 +63,10 @@ def test_every_mistake_is_reported_at_once():
         "  - --ray writes its results per shard into an output folder",
         "  - --ray runs the ort backend (not torch)",
     ]
-    assert err.value.hint == ("leave --batch-size out for its default; 64 is a good default; add -o OUTPUT_DIR; "
-                              "export first and pass --backend ort")
+    assert err.value.hint == (
+        "leave --batch-size out for its default; 64 is a good default; add -o OUTPUT_DIR; "
+        "export first and pass --backend ort"
+    )
 
 
 def test_a_valid_request_is_a_plain_value():
@@ -66,8 +84,7 @@ def test_cli_prints_the_request_problems_as_error_and_hint(tmp_path, capsys):
     base = ["eval", str(tmp_path / "model"), "--data", str(tmp_path / "data")]
     assert cli_exit_code([*base, "--ray", "--backend", "ort"]) == 1
     err = capsys.readouterr().err
-    assert err == ("Error: --ray writes its results per shard into an output folder\n"
-                   "Hint: add -o OUTPUT_DIR\n")
+    assert err == ("Error: --ray writes its results per shard into an output folder\nHint: add -o OUTPUT_DIR\n")
     assert cli_exit_code([*base, "--ray"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: 2 problems with this evaluation:\n  - --ray writes") and "Traceback" not in err
@@ -96,9 +113,17 @@ def test_identity_ignores_what_the_answers_do_not_depend_on(identity_case):
     identity = request.identity(evalset)
     assert identity["backend"] == "ort" and identity["shard_rows"] == 4 and identity["prompt_file_sha256"] is None
     assert identity["model"]["index"] == "manifest.json" and len(identity["evalset_sha256"]) == 64
-    for changes in ({"threads": 3}, {"num_workers": 5}, {"address": "ray://head:10001"}, {"output": tmp_path / "o2"},
-                    {"restart": True}, {"replace_other": True}, {"ray": True}, {"batch_size": 1},
-                    {"allow_catalogue_mismatch": True}):
+    for changes in (
+        {"threads": 3},
+        {"num_workers": 5},
+        {"address": "ray://head:10001"},
+        {"output": tmp_path / "o2"},
+        {"restart": True},
+        {"replace_other": True},
+        {"ray": True},
+        {"batch_size": 1},
+        {"allow_catalogue_mismatch": True},
+    ):
         assert replace(request, **changes).identity(evalset) == identity, changes
     assert request.resolved().identity(evalset) == identity
 
@@ -112,9 +137,13 @@ def test_identity_changes_with_what_the_answers_depend_on(identity_case, toy_dat
     bank.write_bytes(b"bank")
     other = _fake_export(tmp_path / "other", "another export")
     differ = {}
-    for name, changes in {"backend": {"backend": "torch"}, "device": {"device": "cuda"},
-                          "shard_rows": {"shard_rows": 5}, "prompt_file_sha256": {"prompt_file": prompts},
-                          "model": {"bank": bank}}.items():
+    for name, changes in {
+        "backend": {"backend": "torch"},
+        "device": {"device": "cuda"},
+        "shard_rows": {"shard_rows": 5},
+        "prompt_file_sha256": {"prompt_file": prompts},
+        "model": {"bank": bank},
+    }.items():
         changed = replace(request, **changes).identity(evalset)
         differ[name] = sorted(k for k in identity if changed[k] != identity[k])
     assert differ == {name: [name] for name in differ}

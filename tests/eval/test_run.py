@@ -64,8 +64,12 @@ def _sasrec_hits(checkpoint, rows) -> int:
 
 
 def test_cli_eval_prints_metrics_and_errors_have_hints(tiny_run, toy_data_dir, tmp_path, capsys):
-    assert cli_exit_code(["eval", str(tiny_run.checkpoint), "--data", str(toy_data_dir), "--limit", "3",
-                       "-o", str(tmp_path / "o")]) == 0
+    assert (
+        cli_exit_code(
+            ["eval", str(tiny_run.checkpoint), "--data", str(toy_data_dir), "--limit", "3", "-o", str(tmp_path / "o")]
+        )
+        == 0
+    )
     assert "HitRatio@1 (valid)" in capsys.readouterr().out
     assert cli_exit_code(["eval", str(tmp_path / "missing"), "--data", str(toy_data_dir)]) == 1
     err = capsys.readouterr().err

@@ -19,8 +19,21 @@ ROWS, SHARD_ROWS = 60, 4  # 15 shards of the toy train split
 
 
 def _eval(export, data, out, **kw):
-    return run_eval(EvalRequest(export, data, "train", backend="ort", limit=ROWS, output=out, shard_rows=SHARD_ROWS,
-                                threads=1, batch_size=2, **kw), progress=False)
+    return run_eval(
+        EvalRequest(
+            export,
+            data,
+            "train",
+            backend="ort",
+            limit=ROWS,
+            output=out,
+            shard_rows=SHARD_ROWS,
+            threads=1,
+            batch_size=2,
+            **kw,
+        ),
+        progress=False,
+    )
 
 
 def _predictions(out):
@@ -33,8 +46,9 @@ def whole(tiny_export, toy_data_dir, tmp_path_factory):
     _, export = tiny_export
     out = tmp_path_factory.mktemp("whole") / "eval"
     summary = _eval(export, toy_data_dir, out)
-    in_memory = run_eval(EvalRequest(export, toy_data_dir, "train", backend="ort", limit=ROWS, threads=1, batch_size=2),
-                         progress=False)
+    in_memory = run_eval(
+        EvalRequest(export, toy_data_dir, "train", backend="ort", limit=ROWS, threads=1, batch_size=2), progress=False
+    )
     return out, summary, in_memory
 
 
@@ -59,8 +73,23 @@ def test_rerun_resumes_everything_and_rewrites_the_same_result(whole, tiny_expor
 def test_killed_run_resumes_to_the_uninterrupted_result(whole, tiny_export, toy_data_dir, tmp_path):
     out, _, _ = whole
     killed = tmp_path / "killed"
-    args = [str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--split", "train",
-            "--limit", str(ROWS), "--shard-rows", str(SHARD_ROWS), "--threads", "1", "--batch-size", "1"]
+    args = [
+        str(tiny_export[1]),
+        "--backend",
+        "ort",
+        "--data",
+        str(toy_data_dir),
+        "--split",
+        "train",
+        "--limit",
+        str(ROWS),
+        "--shard-rows",
+        str(SHARD_ROWS),
+        "--threads",
+        "1",
+        "--batch-size",
+        "1",
+    ]
     finished = kill_eval_at_first_shard(args, killed, timeout=120)
     assert 1 <= finished < ROWS // SHARD_ROWS and not (killed / "predictions.csv").exists()
     resumed = _eval(tiny_export[1], toy_data_dir, killed)
@@ -72,8 +101,16 @@ def test_another_evaluation_is_not_mixed_into_the_folder(whole, tiny_export, toy
     out, _, _ = whole
     other = tmp_path / "other"
     _eval(tiny_export[1], toy_data_dir, other)
-    fewer = EvalRequest(tiny_export[1], toy_data_dir, "train", backend="ort", limit=ROWS - 1, output=other,
-                        shard_rows=SHARD_ROWS, threads=1)
+    fewer = EvalRequest(
+        tiny_export[1],
+        toy_data_dir,
+        "train",
+        backend="ort",
+        limit=ROWS - 1,
+        output=other,
+        shard_rows=SHARD_ROWS,
+        threads=1,
+    )
     with pytest.raises(IloraError, match="another evaluation .*evalset_sha256"):
         run_eval(fewer, progress=False)
     summary = run_eval(replace(fewer, restart=True), progress=False)
@@ -90,8 +127,9 @@ def test_collect_refuses_missing_or_foreign_shards(whole, tmp_path):
 
     copy = shutil.copytree(out, tmp_path / "copy")
     run = json.loads((copy / "run.json").read_text())
-    store = ShardStore(copy, run["identity"], plan_shards(ROWS, SHARD_ROWS),
-                       [int(r["row_id"]) for r in _predictions(copy)])
+    store = ShardStore(
+        copy, run["identity"], plan_shards(ROWS, SHARD_ROWS), [int(r["row_id"]) for r in _predictions(copy)]
+    )
     assert store.collect()[0][0]["row_id"] == store.row_ids[0]
     (copy / SHARDS / "shard-00003.parquet").unlink()
     with pytest.raises(IloraError, match=r"shards \[3\] missing"):
@@ -104,8 +142,7 @@ def test_collect_refuses_missing_or_foreign_shards(whole, tmp_path):
 
 def _finished_store(root, rows=6, shard_rows=2):
     """A store whose every shard is written (records hold only row ids), run.json included."""
-    store = ShardStore(root, {"model": "m", "shard_rows": shard_rows}, plan_shards(rows, shard_rows),
-                       list(range(rows)))
+    store = ShardStore(root, {"model": "m", "shard_rows": shard_rows}, plan_shards(rows, shard_rows), list(range(rows)))
     store.open()
     for k, (start, end) in enumerate(store.plan):
         store.write(k, [{"row_id": i, "answer": f"a{i}"} for i in range(start, end)], 0.0)
@@ -140,8 +177,22 @@ def test_cli_stray_shard_file_gives_an_error_not_a_traceback(tiny_export, toy_da
     from tests.factories import cli_exit_code
 
     out = tmp_path / "out"
-    args = ["eval", str(tiny_export[1]), "--backend", "ort", "--data", str(toy_data_dir), "--limit", "2",
-            "--shard-rows", "1", "--threads", "1", "-o", str(out)]
+    args = [
+        "eval",
+        str(tiny_export[1]),
+        "--backend",
+        "ort",
+        "--data",
+        str(toy_data_dir),
+        "--limit",
+        "2",
+        "--shard-rows",
+        "1",
+        "--threads",
+        "1",
+        "-o",
+        str(out),
+    ]
     assert cli_exit_code(args) == 0
     (out / SHARDS / "shard-abc.parquet").write_bytes(b"")
     capsys.readouterr()

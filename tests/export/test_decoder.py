@@ -35,7 +35,9 @@ def test_contract_names(exported):
         assert banks == BankLayout(model.llm).shape.input_names and len(banks) == 14
         assert banks[:2] == ["bank.lora_A.down_proj", "bank.lora_B.down_proj"]
     assert session.get_outputs()[0].type == "tensor(float)" and session.get_outputs()[0].shape[1:] == [
-        1, model.llm.config.vocab_size]
+        1,
+        model.llm.config.vocab_size,
+    ]
 
 
 @pytest.mark.parametrize("rows", [1, 3], ids=["batch-1", "left-padded-batch"])
@@ -60,8 +62,14 @@ def test_prefill_then_decode_match_pytorch(exported, rows):
     past = [torch.from_numpy(p) for p in got[1:]]
     for step in range(2):
         mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
-        args = (torch.randn(rows, 1, cfg.hidden_size), mask, positions_from_mask(mask)[:, -1:], gate, *past,
-                *wrapper.bank_inputs())
+        args = (
+            torch.randn(rows, 1, cfg.hidden_size),
+            mask,
+            positions_from_mask(mask)[:, -1:],
+            gate,
+            *past,
+            *wrapper.bank_inputs(),
+        )
         with torch.no_grad():
             ref_step = wrapper(*args)
         got_step = _run(session, c, args)

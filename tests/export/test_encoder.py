@@ -25,8 +25,9 @@ def test_encoder_graph_matches_pytorch(gate, tiny_llama_dir, tmp_path):
     with torch.no_grad():
         gate_ref, emb_ref, _ = EncoderWrapper(model)(seq, len_seq, items)
         direct = model.sasrec.score_candidates(seq, len_seq, items)  # what the SASRec baseline picks from
-    gate_ort, emb_ort, scores_ort = session.run(None, {"seq": seq.numpy(), "len_seq": len_seq.numpy(),
-                                                       "items": items.numpy()})
+    gate_ort, emb_ort, scores_ort = session.run(
+        None, {"seq": seq.numpy(), "len_seq": len_seq.numpy(), "items": items.numpy()}
+    )
     assert gate_ort.shape == (3, 4) and emb_ort.shape == (3, 30, 64) and scores_ort.shape == (3, 30)
     assert np.abs(gate_ort - gate_ref.numpy()).max() <= 1e-5
     assert np.abs(emb_ort - emb_ref.numpy()).max() <= 1e-5

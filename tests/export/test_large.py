@@ -22,10 +22,18 @@ def test_llama2_7b_shaped_checkpoint_exports_past_2gb(smollm2_dir, toy_data_dir,
     from ilora_export.export.package import export_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                         num_hidden_layers=2, vocab_size=len(tokenizer), tie_word_embeddings=False,
-                         max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     base = tmp_path / "llama2-7b-shaped"
     LlamaForCausalLM(config).save_pretrained(base)

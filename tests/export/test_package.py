@@ -29,8 +29,10 @@ def ckpt(tiny_llama_dir, toy_data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    return {"bank": export_checkpoint(ckpt, root / "bank"),
-            "baked": export_checkpoint(ckpt, root / "baked", bake_experts=True)}
+    return {
+        "bank": export_checkpoint(ckpt, root / "bank"),
+        "baked": export_checkpoint(ckpt, root / "baked", bake_experts=True),
+    }
 
 
 def _ort(export_dir, **kw):
@@ -56,8 +58,15 @@ def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):
     assert m["source"]["checkpoint_sha256"] == sha256_file(ckpt / "config.json")
     files = {p.relative_to(exports["bank"]).as_posix() for p in exports["bank"].rglob("*") if p.is_file()}
     assert set(m["files"]) == files - {MANIFEST}
-    assert {"encoder.onnx", "decoder.onnx", "decoder.onnx.data", "bank.safetensors", "embeddings.safetensors",
-            "catalogue.json", "prompts.txt"} <= files
+    assert {
+        "encoder.onnx",
+        "decoder.onnx",
+        "decoder.onnx.data",
+        "bank.safetensors",
+        "embeddings.safetensors",
+        "catalogue.json",
+        "prompts.txt",
+    } <= files
     dec = {t["name"]: t for t in m["graphs"]["decoder"]["inputs"]}
     assert dec["inputs_embeds"]["axes"] == ["batch", "sequence", 64]
     assert dec["bank.lora_A.q_proj"]["axes"] == [2, 64, 8]  # A^T [L, in, r], no batch axis
@@ -69,8 +78,9 @@ def test_manifest_describes_and_hashes_the_export(exports, ckpt, toy_data_dir):
     assert "bank.safetensors" not in baked["files"]
 
 
-@pytest.mark.parametrize("kind, bank_mode", [("bank", "fused"), ("bank", "folded"), ("bank", "input"),
-                                             ("baked", "fused")])
+@pytest.mark.parametrize(
+    "kind, bank_mode", [("bank", "fused"), ("bank", "folded"), ("bank", "input"), ("baked", "fused")]
+)
 def test_ort_answers_equal_torch_answers(exports, ckpt, toy_data_dir, kind, bank_mode):
     evalset = build_eval_set(load_dataset(toy_data_dir), "test", seed=0)
     ref = evaluate_backend(*_torch(ckpt), evalset, batch_size=4, progress=False)
@@ -107,11 +117,14 @@ def test_swapped_bank_behaves_as_pytorch_with_that_bank(exports, ckpt, tmp_path)
         compare_backends(torch_backend, original, assets, 10, tolerance=tol)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: {k: v[:, :, :4] if k.startswith("lora_A") else v[:, :4] for k, v in t.items()}, "wrong rank"),
-    (lambda t: {k: v[:1] for k, v in t.items()}, "wrong layer count"),
-    (lambda t: {k: v for k, v in t.items() if "q_proj" not in k}, "expert bank holds"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: {k: v[:, :, :4] if k.startswith("lora_A") else v[:, :4] for k, v in t.items()}, "wrong rank"),
+        (lambda t: {k: v[:1] for k, v in t.items()}, "wrong layer count"),
+        (lambda t: {k: v for k, v in t.items() if "q_proj" not in k}, "expert bank holds"),
+    ],
+)
 def test_wrong_expert_bank_is_refused(exports, tmp_path, change, message):
     bad = change(load_file(exports["bank"] / BANK))
     save_file({k: np.ascontiguousarray(v) for k, v in bad.items()}, str(tmp_path / "bad.safetensors"))

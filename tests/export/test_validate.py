@@ -26,8 +26,14 @@ def loaded(tiny_llama_dir, toy_data_dir, tmp_path_factory):
 def test_validation_sees_the_logits_generation_computes(loaded):
     model, assets = loaded
     reference, candidate = RecordingBackend(TorchBackend(model)), RecordingBackend(TorchBackend(model), "again")
-    report = compare_backends(reference, candidate, assets, STATE_SIZE, decode_steps=3,
-                              tolerance={"logits": 0.0, "gate_weights": 0.0, "item_embeds": 0.0, "item_scores": 0.0})
+    report = compare_backends(
+        reference,
+        candidate,
+        assets,
+        STATE_SIZE,
+        decode_steps=3,
+        tolerance={"logits": 0.0, "gate_weights": 0.0, "item_embeds": 0.0, "item_scores": 0.0},
+    )
     assert report["prefill_logits_max_abs"] == report["decode_logits_max_abs"] == 0.0
     assert report["greedy_token_agreement"] == 1.0 and len(reference.calls) == len(candidate.calls) == 4
 
@@ -53,6 +59,12 @@ class _ShiftedDecode(RecordingBackend):
 def test_a_wrong_decode_step_is_refused(loaded):
     model, assets = loaded
     with pytest.raises(ValidationError, match="disagrees with torch: logits max") as err:
-        compare_backends(TorchBackend(model), _ShiftedDecode(TorchBackend(model), "shifted"), assets, STATE_SIZE,
-                         tolerance={"logits": 1e-5}, strict_argmax=False)
+        compare_backends(
+            TorchBackend(model),
+            _ShiftedDecode(TorchBackend(model), "shifted"),
+            assets,
+            STATE_SIZE,
+            tolerance={"logits": 1e-5},
+            strict_argmax=False,
+        )
     assert err.value.report["prefill_logits_max_abs"] == 0.0 and err.value.report["decode_logits_max_abs"] > 1e-3

@@ -15,8 +15,15 @@ def official_router_keys(num_experts: int) -> dict[str, tuple]:
     keys: dict[str, tuple] = {"conv1.weight": (16, 1, 3)}
 
     def bn(prefix, c):
-        keys.update({f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-                     f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()})
+        keys.update(
+            {
+                f"{prefix}.weight": (c,),
+                f"{prefix}.bias": (c,),
+                f"{prefix}.running_mean": (c,),
+                f"{prefix}.running_var": (c,),
+                f"{prefix}.num_batches_tracked": (),
+            }
+        )
 
     bn("bn1", 16)
     cin = 16
@@ -37,8 +44,15 @@ def reference_resnet_gate(sd: dict, x: torch.Tensor, eps: float = 1e-5) -> torch
     """The official router in eval mode, written with functional ops: [B, d] -> [B, K]."""
 
     def bn(t, p):
-        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"],
-                            sd[p + ".bias"], training=False, eps=eps)
+        return F.batch_norm(
+            t,
+            sd[p + ".running_mean"],
+            sd[p + ".running_var"],
+            sd[p + ".weight"],
+            sd[p + ".bias"],
+            training=False,
+            eps=eps,
+        )
 
     out = F.relu(bn(F.conv1d(x.unsqueeze(1), sd["conv1.weight"], padding=1), "bn1"))
     for stage, stride in zip((1, 2, 3), (1, 2, 2)):

@@ -46,7 +46,7 @@ def test_placeholders_replaced_in_order_like_the_official_loop(model, toy):
         for i in range(len(rows)):
             hist = model.projector(model.sasrec.item_embeddings(batch.seq[i]))
             cans = model.projector(model.sasrec.item_embeddings(batch.candidates[i]))
-            for idx, e in zip((batch.input_ids[i] == hist_id).nonzero().view(-1), hist[:batch.len_seq[i]]):
+            for idx, e in zip((batch.input_ids[i] == hist_id).nonzero().view(-1), hist[: batch.len_seq[i]]):
                 expected[i, idx] = e
             for idx, e in zip((batch.input_ids[i] == cans_id).nonzero().view(-1), cans):
                 expected[i, idx] = e
@@ -91,12 +91,13 @@ def test_loss_covers_answer_tokens_only(model, toy):
     rows = evalset.rows[:2]
     exs = [enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows]
     answer = model.tokenizer(ds.catalogue.title(rows[0].target) + "\n", add_special_tokens=False)["input_ids"]
-    assert exs[0].labels[-len(answer):] == answer
-    assert set(exs[0].labels[:-len(answer)]) == {IGNORE_INDEX}
+    assert exs[0].labels[-len(answer) :] == answer
+    assert set(exs[0].labels[: -len(answer)]) == {IGNORE_INDEX}
     batch = enc.collate(exs, padding_side="right")
     with torch.no_grad():
-        out = model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
-                    labels=batch.labels)
+        out = model(
+            batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates, labels=batch.labels
+        )
     logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
     target = batch.labels[:, 1:].reshape(-1)
     manual = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -124,14 +125,17 @@ def test_gradients_reach_exactly_the_adapter(model, toy):
     ds, evalset = toy
     enc = PromptBuilder(model.tokenizer, ds.catalogue.title, default_templates())
     rows = evalset.rows[:2]
-    batch = enc.collate([enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows],
-                        padding_side="right")
+    batch = enc.collate(
+        [enc.encode(r.seq, r.len_seq, r.candidates, answer=r.target) for r in rows], padding_side="right"
+    )
     model.zero_grad(set_to_none=True)
-    model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates,
-          labels=batch.labels).loss.backward()
+    model(
+        batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates, labels=batch.labels
+    ).loss.backward()
     trainable = model.trainable_parameters()
-    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values()), \
-        [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values()), [
+        n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0
+    ]
     assert any(n.startswith("projector.") for n in trainable) and any(n.startswith("gate_net.") for n in trainable)
     assert {n.split(".")[-3] for n in trainable if ".lora_" in n} == {"lora_A", "lora_B"}
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]

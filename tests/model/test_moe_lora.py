@@ -32,7 +32,7 @@ def test_gated_forward_equals_explicit_per_expert_sum():
     for b in range(3):
         acc = x[b] @ W.T + bias
         for k in range(4):
-            A_k, B_k = A[2 * k:2 * k + 2], B[:, 2 * k:2 * k + 2]
+            A_k, B_k = A[2 * k : 2 * k + 2], B[:, 2 * k : 2 * k + 2]
             acc = acc + scaling * g[b, k] * (B_k @ (A_k @ x[b].T)).T
         expected[b] = acc
     with gate.use(g), torch.no_grad():
@@ -87,8 +87,14 @@ def test_rank_must_split_into_experts():
 
 
 def _tiny_llama():
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
 
@@ -98,8 +104,15 @@ def test_injection_wraps_all_seven_projections_and_fresh_bank_is_identity():
     ids = torch.randint(0, 100, (2, 6))
     before = model(ids).logits
     gate = ExpertGate(4)
-    names = inject_moe_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                            r=8, alpha=32, num_experts=4, dropout=0.1, gate=gate)
+    names = inject_moe_lora(
+        model,
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        r=8,
+        alpha=32,
+        num_experts=4,
+        dropout=0.1,
+        gate=gate,
+    )
     assert len(names) == 2 * 7 and set(moe_lora_layers(model)) == set(names)
     keys = [k for k in model.state_dict() if "lora_" in k]
     assert "model.layers.0.self_attn.q_proj.lora_A.default.weight" in keys
@@ -110,8 +123,7 @@ def test_injection_wraps_all_seven_projections_and_fresh_bank_is_identity():
 
 def test_injection_rejects_unknown_target():
     with pytest.raises(ValueError, match="c_attn"):
-        inject_moe_lora(_tiny_llama(), ["q_proj", "c_attn"], r=4, alpha=8, num_experts=2, dropout=0,
-                        gate=ExpertGate(2))
+        inject_moe_lora(_tiny_llama(), ["q_proj", "c_attn"], r=4, alpha=8, num_experts=2, dropout=0, gate=ExpertGate(2))
 
 
 def test_bank_layout_stores_transposed_stacks_and_maps_them_back():
@@ -119,8 +131,12 @@ def test_bank_layout_stores_transposed_stacks_and_maps_them_back():
     inject_moe_lora(model, ["q_proj", "down_proj"], r=8, alpha=32, num_experts=4, dropout=0, gate=ExpertGate(4))
     layout = BankLayout(model)
     assert layout.keys == ["lora_A.down_proj", "lora_B.down_proj", "lora_A.q_proj", "lora_B.q_proj"]
-    assert layout.shape.shapes == {"lora_A.down_proj": [2, 128, 8], "lora_B.down_proj": [2, 8, 64],
-                                   "lora_A.q_proj": [2, 64, 8], "lora_B.q_proj": [2, 8, 64]}
+    assert layout.shape.shapes == {
+        "lora_A.down_proj": [2, 128, 8],
+        "lora_B.down_proj": [2, 8, 64],
+        "lora_A.q_proj": [2, 64, 8],
+        "lora_B.q_proj": [2, 8, 64],
+    }
     stored = layout.stored(model)
     q1 = model.model.layers[1].self_attn.q_proj
     assert torch.equal(stored["lora_A.q_proj"][1], q1.lora_A["default"].weight.T)

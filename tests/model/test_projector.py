@@ -16,8 +16,10 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
 def test_official_names_and_shapes():
     proj = ItemProjector(64, 96)
     assert {k: tuple(v.shape) for k, v in proj.state_dict().items()} == {
-        "mlp_proj.0.weight": (96, 64), "mlp_proj.0.bias": (96,),
-        "mlp_proj.2.weight": (96, 96), "mlp_proj.2.bias": (96,),
+        "mlp_proj.0.weight": (96, 64),
+        "mlp_proj.0.bias": (96,),
+        "mlp_proj.2.weight": (96, 96),
+        "mlp_proj.2.bias": (96,),
     }
     assert tuple(ItemProjector(64, 96, hidden=32).mlp_proj[0].weight.shape) == (32, 64)
     assert tuple(ItemProjector(64, 96, hidden=32).mlp_proj[2].weight.shape) == (96, 32)

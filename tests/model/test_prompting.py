@@ -41,9 +41,10 @@ def test_titles_appear_in_the_prompt_in_order(setup):
     tokenizer, catalogue, builder, rows = setup
     template = default_templates().templates[0]
     for r in rows[:4]:
-        history, candidates = _titles(catalogue, r.seq[:r.len_seq]), _titles(catalogue, r.candidates)
-        expected = (template.replace(HISTORY_SLOT, ", ".join(f"{t} {T.HISTORY_EMB}" for t in history))
-                    .replace(CANS_SLOT, ", ".join(f"{t} {T.CANS_EMB}" for t in candidates)))
+        history, candidates = _titles(catalogue, r.seq[: r.len_seq]), _titles(catalogue, r.candidates)
+        expected = template.replace(HISTORY_SLOT, ", ".join(f"{t} {T.HISTORY_EMB}" for t in history)).replace(
+            CANS_SLOT, ", ".join(f"{t} {T.CANS_EMB}" for t in candidates)
+        )
         assert builder.text(r.seq, r.len_seq, r.candidates) == expected
         decoded = tokenizer.decode(builder.encode(r.seq, r.len_seq, r.candidates).input_ids)
         assert decoded == expected  # the tokens hold exactly that text
@@ -112,7 +113,7 @@ def test_templates_are_chosen_by_index_modulo_their_count(setup):
     templates = PromptTemplates((f"A {HISTORY_SLOT} B {CANS_SLOT} is ", f"{CANS_SLOT} then {HISTORY_SLOT}: "), "test")
     builder = PromptBuilder(tokenizer, catalogue.title, templates)
     r = rows[0]
-    history = ", ".join(f"{t} {T.HISTORY_EMB}" for t in _titles(catalogue, r.seq[:r.len_seq]))
+    history = ", ".join(f"{t} {T.HISTORY_EMB}" for t in _titles(catalogue, r.seq[: r.len_seq]))
     candidates = ", ".join(f"{t} {T.CANS_EMB}" for t in _titles(catalogue, r.candidates))
     first, second = f"A {history} B {candidates} is ", f"{candidates} then {history}: "
     texts = [builder.text(r.seq, r.len_seq, r.candidates, template_index=i) for i in range(5)]
@@ -124,8 +125,12 @@ def test_templates_are_chosen_by_index_modulo_their_count(setup):
 
 def test_placeholder_slots_pair_each_placeholder_with_its_item_in_order():
     ids = {T.HISTORY_EMB: 7, T.CANS_EMB: 8}
-    input_ids = np.array([[0, 0, 7, 1, 7, 8, 2, 8],  # left-padded: 2 history items, 2 candidates
-                          [8, 7, 7, 3, 7, 8, 1, 1]])  # a candidate first (another template), 3 history items
+    input_ids = np.array(
+        [
+            [0, 0, 7, 1, 7, 8, 2, 8],  # left-padded: 2 history items, 2 candidates
+            [8, 7, 7, 3, 7, 8, 1, 1],
+        ]
+    )  # a candidate first (another template), 3 history items
     slots = placeholder_slots(input_ids, np.array([2, 3]), 4, 2, ids)  # items [B, 4 + 2]
     assert slots.row.tolist() == [0, 0, 1, 1, 1, 0, 0, 1, 1]
     assert slots.position.tolist() == [2, 4, 1, 2, 4, 5, 7, 0, 5]

@@ -58,8 +58,9 @@ def official_feed_forward(p, x, hidden, eps):
     output = F.conv1d(output, p["feed_forward.w_1.weight"], p["feed_forward.w_1.bias"])
     output = F.conv1d(F.relu(output), p["feed_forward.w_2.weight"], p["feed_forward.w_2.bias"])
     output = output.transpose(1, 2)
-    return F.layer_norm(output + residual, (hidden,), p["feed_forward.layer_norm.weight"],
-                        p["feed_forward.layer_norm.bias"], eps)
+    return F.layer_norm(
+        output + residual, (hidden,), p["feed_forward.layer_norm.weight"], p["feed_forward.layer_norm.bias"], eps
+    )
 
 
 def official_cacul_h(p, states, len_states, *, item_num, state_size, hidden, num_heads, eps=1e-5):
@@ -95,13 +96,20 @@ def torch_parse_official(path: Path) -> tuple[dict, dict]:
         "__main__.SASRec",
         "SASRecModules_ori.MultiHeadAttention",
         "SASRecModules_ori.PositionwiseFeedForward",
-        *(f"torch.nn.modules.{m}" for m in (
-            "dropout.Dropout", "sparse.Embedding", "normalization.LayerNorm", "linear.Linear",
-            "conv.Conv1d", "activation.Softmax")),
+        *(
+            f"torch.nn.modules.{m}"
+            for m in (
+                "dropout.Dropout",
+                "sparse.Embedding",
+                "normalization.LayerNorm",
+                "linear.Linear",
+                "conv.Conv1d",
+                "activation.Softmax",
+            )
+        ),
     ]
     safe = [(type(n.rsplit(".", 1)[1], (Record,), {}), n) for n in names]
-    safe += [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype,
-             type(np.dtype("int64"))]
+    safe += [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype("int64"))]
     with torch.serialization.safe_globals(safe):
         root = torch.load(path, weights_only=True, map_location="cpu")
 
@@ -135,15 +143,17 @@ def official():
 def lastfm_test_rows():
     df = pd.read_pickle(REF_DIR / "data/lastfm/Test_data.df")
     seq = torch.tensor(df["seq"].tolist(), dtype=torch.int64)
-    return seq, torch.tensor(df["len_seq"].to_numpy(), dtype=torch.int64), torch.tensor(
-        df["next"].to_numpy(), dtype=torch.int64)
+    return (
+        seq,
+        torch.tensor(df["len_seq"].to_numpy(), dtype=torch.int64),
+        torch.tensor(df["next"].to_numpy(), dtype=torch.int64),
+    )
 
 
 @needs_ref
 def test_official_weights_and_hyperparameters(official):
     model, weights, hp = official
-    assert model.config() == {"item_num": 4606, "hidden": 64, "state_size": 10, "num_heads": 1,
-                              "dropout": 0.1}
+    assert model.config() == {"item_num": 4606, "hidden": 64, "state_size": 10, "num_heads": 1, "dropout": 0.1}
     assert hp["item_num"] == 4606 and hp["hidden"] == 64
     ours = model.state_dict()
     assert set(ours) == set(weights)
@@ -158,9 +168,16 @@ def test_official_user_representation_matches_official_formula(official, lastfm_
     seq, len_seq, _ = lastfm_test_rows
     with torch.no_grad():
         ours = model.user_representation(seq, len_seq)
-        ref = official_cacul_h(weights, seq, len_seq, item_num=hp["item_num"],
-                               state_size=hp["state_size"], hidden=hp["hidden"],
-                               num_heads=hp["num_heads"], eps=hp["eps"])
+        ref = official_cacul_h(
+            weights,
+            seq,
+            len_seq,
+            item_num=hp["item_num"],
+            state_size=hp["state_size"],
+            hidden=hp["hidden"],
+            num_heads=hp["num_heads"],
+            eps=hp["eps"],
+        )
     assert ours.shape == (len(seq), 64)
     torch.testing.assert_close(ours, ref.squeeze(1), atol=1e-6, rtol=0)
 
@@ -205,10 +222,10 @@ def test_user_representation_matches_official_formula_multi_head(num_heads):
     model = _random_model(num_heads=num_heads)
     seq, len_seq = _random_batch(model)
     with torch.no_grad():
-        ref = official_cacul_h(model.state_dict(), seq, len_seq, item_num=30, state_size=6,
-                               hidden=16, num_heads=num_heads)
-        torch.testing.assert_close(model.user_representation(seq, len_seq), ref.squeeze(1),
-                                   atol=1e-6, rtol=0)
+        ref = official_cacul_h(
+            model.state_dict(), seq, len_seq, item_num=30, state_size=6, hidden=16, num_heads=num_heads
+        )
+        torch.testing.assert_close(model.user_representation(seq, len_seq), ref.squeeze(1), atol=1e-6, rtol=0)
 
 
 def test_zero_length_reads_the_last_position_like_official_indexing():
@@ -216,10 +233,8 @@ def test_zero_length_reads_the_last_position_like_official_indexing():
     seq, len_seq = _random_batch(model)
     len_seq[0] = 0
     with torch.no_grad():
-        ref = official_cacul_h(model.state_dict(), seq, len_seq, item_num=30, state_size=6,
-                               hidden=16, num_heads=2)
-        torch.testing.assert_close(model.user_representation(seq, len_seq), ref.squeeze(1),
-                                   atol=1e-6, rtol=0)
+        ref = official_cacul_h(model.state_dict(), seq, len_seq, item_num=30, state_size=6, hidden=16, num_heads=2)
+        torch.testing.assert_close(model.user_representation(seq, len_seq), ref.squeeze(1), atol=1e-6, rtol=0)
 
 
 def test_padding_row_and_batch_neighbours_do_not_matter():
@@ -227,7 +242,7 @@ def test_padding_row_and_batch_neighbours_do_not_matter():
     seq, len_seq = _random_batch(model)
     with torch.no_grad():
         full = model.user_representation(seq, len_seq)
-        rows = torch.cat([model.user_representation(seq[i:i + 1], len_seq[i:i + 1]) for i in range(len(seq))])
+        rows = torch.cat([model.user_representation(seq[i : i + 1], len_seq[i : i + 1]) for i in range(len(seq))])
         model.item_embeddings.weight[model.item_num] = 100.0
         repadded = model.user_representation(seq, len_seq)
     torch.testing.assert_close(full, rows, atol=1e-6, rtol=0)

@@ -18,8 +18,15 @@ from ilora_export.model.sasrec import SASRec
 from ilora_export.official.importer import import_official
 from tests.factories import trained_like_layernorms
 
-PROJS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-         "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+PROJS = {
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
 R, K, ALPHA, D_REC = 8, 4, 32.0, 16
 BASE_VOCAB = 49152  # the tiny Llama uses SmolLM2's tokenizer
 
@@ -27,8 +34,15 @@ BASE_VOCAB = 49152  # the tiny Llama uses SmolLM2's tokenizer
 def _linear_shapes(config):
     h, i = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    return {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
 
 
 def official_state(config, *, num_experts=K, router=True, r=R, width=None, seed=0):
@@ -54,15 +68,23 @@ def official_state(config, *, num_experts=K, router=True, r=R, width=None, seed=
         gate = ResNetGate(D_REC, num_experts)
         for name, t in gate.state_dict().items():
             if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):  # not saved officially
-                sd[f"router.{name}"] = torch.randn(t.shape, generator=g) * 0.3 + (1.0 if "bn" in name and
-                                                                                   name.endswith("weight") else 0)
+                sd[f"router.{name}"] = torch.randn(t.shape, generator=g) * 0.3 + (
+                    1.0 if "bn" in name and name.endswith("weight") else 0
+                )
     return sd
 
 
 def save_lightning(path, sd, **hparams):
-    torch.save({"epoch": 4, "global_step": 1000, "pytorch-lightning_version": "1.9.5", "state_dict": sd,
-                "hyper_parameters": argparse.Namespace(lora_r=R, lora_alpha=ALPHA, lora_dropout=0.1, **hparams)},
-               path)
+    torch.save(
+        {
+            "epoch": 4,
+            "global_step": 1000,
+            "pytorch-lightning_version": "1.9.5",
+            "state_dict": sd,
+            "hyper_parameters": argparse.Namespace(lora_r=R, lora_alpha=ALPHA, lora_dropout=0.1, **hparams),
+        },
+        path,
+    )
     return path
 
 
@@ -77,8 +99,9 @@ def official(tiny_llama_dir, toy_data_dir, tmp_path_factory):
     torch.save(sasrec.state_dict(), root / "rec.pt")
     sd = official_state(config)
     ckpt = save_lightning(root / "official.ckpt", sd)
-    out = import_official(ckpt, root / "rec.pt", str(tiny_llama_dir), root / "imported", data_dir=toy_data_dir,
-                          log=lambda m: None)
+    out = import_official(
+        ckpt, root / "rec.pt", str(tiny_llama_dir), root / "imported", data_dir=toy_data_dir, log=lambda m: None
+    )
     return root, config, sd, sasrec.eval(), out
 
 
@@ -111,7 +134,7 @@ def calculate_b(x, A, B, gate, scaling, k):
     sub = A.shape[0] // k
     out = 0
     for e in range(k):
-        a_e, b_e = A[e * sub:(e + 1) * sub], B[:, e * sub:(e + 1) * sub]  # [r/K, in], [out, r/K]
+        a_e, b_e = A[e * sub : (e + 1) * sub], B[:, e * sub : (e + 1) * sub]  # [r/K, in], [out, r/K]
         out = out + gate[:, e].view(-1, 1, 1) * (x @ a_e.T @ b_e.T)
     return scaling * out
 
@@ -131,8 +154,11 @@ def official_logits(base_dir, tokenizer_dir, sd, sasrec, input_ids, seq, len_seq
             pre = f"llama_model.base_model.model.model.layers.{i}.{block}.{proj}"
             A, B = sd[f"{pre}.lora_A.default.weight"], sd[f"{pre}.lora_B.default.weight"]
             module = getattr(getattr(layer, block), proj)
-            hooks.append(module.register_forward_hook(
-                lambda m, inp, out, A=A, B=B: out + calculate_b(inp[0], A, B, gate, scaling, k)))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, inp, out, A=A, B=B: out + calculate_b(inp[0], A, B, gate, scaling, k)
+                )
+            )
 
     def project(e):
         h = F.gelu(F.linear(e, sd["projector.mlp_proj.0.weight"], sd["projector.mlp_proj.0.bias"]))
@@ -172,11 +198,13 @@ def test_imported_model_matches_the_official_forward(official, tiny_llama_dir, t
     assert loaded.model.spec.scaling == 16.0 and loaded.model.spec.gate == "resnet"
     batch = _prompt(loaded, toy_data_dir)
     ours = loaded.model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates).logits[:, -1]
-    ref = official_logits(tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq,
-                          batch.candidates)
+    ref = official_logits(
+        tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq, batch.candidates
+    )
     assert (ref - ours[:, :BASE_VOCAB]).abs().max() <= 1e-5
-    shuffled = loaded.model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq,
-                            batch.candidates.roll(1, 1)).logits[:, -1]
+    shuffled = loaded.model(
+        batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates.roll(1, 1)
+    ).logits[:, -1]
     assert (ours - shuffled).abs().max() > 1e-3  # the item embeddings matter
 
 
@@ -195,8 +223,9 @@ def test_imported_model_matches_the_official_forward_in_onnxruntime(official, ti
     embeds, gate, _ = assemble_prompt(backend, batch, export.assets.token_ids)
     mask = batch.attention_mask.numpy()
     logits, _ = backend.step(embeds, mask, positions_from_mask(mask), gate, None)
-    ref = official_logits(tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq,
-                          batch.candidates)
+    ref = official_logits(
+        tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq, batch.candidates
+    )
     assert abs(ref.numpy() - logits[:, :BASE_VOCAB]).max() <= 1e-5
 
 
@@ -212,24 +241,45 @@ def test_plain_lora_needs_one_expert(official, tiny_llama_dir, toy_data_dir, tmp
     loaded = load_checkpoint(out)
     batch = _prompt(loaded, toy_data_dir)
     with torch.no_grad():
-        ours = loaded.model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq,
-                            batch.candidates).logits[:, -1]
-        ref = official_logits(tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq,
-                              batch.len_seq, batch.candidates, k=1, router=False)
+        ours = loaded.model(batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates).logits[
+            :, -1
+        ]
+        ref = official_logits(
+            tiny_llama_dir,
+            out / "tokenizer",
+            sd,
+            sasrec,
+            batch.input_ids,
+            batch.seq,
+            batch.len_seq,
+            batch.candidates,
+            k=1,
+            router=False,
+        )
     assert (ref - ours[:, :BASE_VOCAB]).abs().max() <= 1e-5  # plain LoRA: scaling alpha / r
 
 
-@pytest.mark.parametrize("make, kwargs, message", [
-    (lambda c: official_state(c), {"num_experts": 3}, "has 4 experts, --num-experts says 3"),
-    (lambda c: official_state(c, num_experts=3), {}, "rank 8 does not split into 3 experts"),
-    (lambda c: official_state(c, width=96), {}, "width 96"),
-])
+@pytest.mark.parametrize(
+    "make, kwargs, message",
+    [
+        (lambda c: official_state(c), {"num_experts": 3}, "has 4 experts, --num-experts says 3"),
+        (lambda c: official_state(c, num_experts=3), {}, "rank 8 does not split into 3 experts"),
+        (lambda c: official_state(c, width=96), {}, "width 96"),
+    ],
+)
 def test_mismatches_are_refused(official, tiny_llama_dir, toy_data_dir, tmp_path, make, kwargs, message):
     root, config, *_ = official
     ckpt = save_lightning(tmp_path / "bad.ckpt", make(config))
     with pytest.raises(CheckpointError, match=message):
-        import_official(ckpt, root / "rec.pt", str(tiny_llama_dir), tmp_path / "out", data_dir=toy_data_dir,
-                        log=lambda m: None, **kwargs)
+        import_official(
+            ckpt,
+            root / "rec.pt",
+            str(tiny_llama_dir),
+            tmp_path / "out",
+            data_dir=toy_data_dir,
+            log=lambda m: None,
+            **kwargs,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -238,8 +288,14 @@ def test_rank_disagreeing_with_hyperparameters_is_refused(official, tiny_llama_d
     sd = official_state(config, r=4, num_experts=2)
     torch.save({"state_dict": sd, "hyper_parameters": {"lora_r": 8}}, tmp_path / "r.ckpt")
     with pytest.raises(CheckpointError, match="lora_r=8, the weights have rank 4"):
-        import_official(tmp_path / "r.ckpt", root / "rec.pt", str(tiny_llama_dir), tmp_path / "out",
-                        data_dir=toy_data_dir, log=lambda m: None)
+        import_official(
+            tmp_path / "r.ckpt",
+            root / "rec.pt",
+            str(tiny_llama_dir),
+            tmp_path / "out",
+            data_dir=toy_data_dir,
+            log=lambda m: None,
+        )
 
 
 class _Evil:
@@ -254,20 +310,29 @@ def test_pickle_with_a_foreign_global_is_refused(official, tiny_llama_dir, toy_d
     path = tmp_path / "evil.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": {}, "callbacks": _Evil()}))
     with pytest.raises(UnsafePickleError, match="os.system|posix.system"):
-        import_official(path, root / "rec.pt", str(tiny_llama_dir), tmp_path / "out", data_dir=toy_data_dir,
-                        log=lambda m: None)
+        import_official(
+            path, root / "rec.pt", str(tiny_llama_dir), tmp_path / "out", data_dir=toy_data_dir, log=lambda m: None
+        )
 
 
 def test_router_statistics_can_be_recalibrated(official, tiny_llama_dir, toy_data_dir, tmp_path):
     root, *_ = official
     messages = []
-    out = import_official(root / "official.ckpt", root / "rec.pt", str(tiny_llama_dir), tmp_path / "recal",
-                          data_dir=toy_data_dir, recalibrate_router_data=toy_data_dir, log=messages.append)
+    out = import_official(
+        root / "official.ckpt",
+        root / "rec.pt",
+        str(tiny_llama_dir),
+        tmp_path / "recal",
+        data_dir=toy_data_dir,
+        recalibrate_router_data=toy_data_dir,
+        log=messages.append,
+    )
     gate = load_checkpoint(out).model.gate_net
     assert gate.bn1.running_var.ne(1).any() and gate.bn1.running_mean.ne(0).any()
     default = load_checkpoint(official[4]).model.gate_net
-    assert torch.equal(default.bn1.running_mean, torch.zeros(16)) and torch.equal(default.bn1.running_var,
-                                                                                    torch.ones(16))
+    assert torch.equal(default.bn1.running_mean, torch.zeros(16)) and torch.equal(
+        default.bn1.running_var, torch.ones(16)
+    )
     n = len(load_dataset(toy_data_dir).split("train"))
     assert any(f"from {n} training sequences" in m for m in messages)
 
@@ -276,8 +341,15 @@ def test_cli_imports_and_refuses_with_a_hint(official, tiny_llama_dir, toy_data_
     from tests.factories import cli_exit_code
 
     root, config, *_ = official
-    args = ["import-official", "--rec-model", str(root / "rec.pt"), "--base-model", str(tiny_llama_dir),
-            "--data", str(toy_data_dir)]
+    args = [
+        "import-official",
+        "--rec-model",
+        str(root / "rec.pt"),
+        "--base-model",
+        str(tiny_llama_dir),
+        "--data",
+        str(toy_data_dir),
+    ]
     assert cli_exit_code([*args, "--ckpt", str(root / "official.ckpt"), "-o", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "K 4, scaling 16" in out and "mean 0 / variance 1" in out and "--prompt-file" in out

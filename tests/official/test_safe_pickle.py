@@ -53,8 +53,11 @@ def _save(obj, path: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["zip", "legacy", "plain"])
 def test_planted_os_system_is_refused_and_never_runs(tmp_path, how):
     marker = tmp_path / "pwned"
-    path = _save({"x": Planted(os.system, f"touch {marker}"), "state_dict": OrderedDict(w=torch.ones(2))},
-                 tmp_path / "evil.ckpt", how)
+    path = _save(
+        {"x": Planted(os.system, f"touch {marker}"), "state_dict": OrderedDict(w=torch.ones(2))},
+        tmp_path / "evil.ckpt",
+        how,
+    )
     with pytest.raises(UnsafePickleError) as err:
         safe_load(path)
     assert f"{os.system.__module__}.system" in str(err.value)  # posix.system on Linux
@@ -91,10 +94,13 @@ class _Reduce:
         return self.rv
 
 
-@pytest.mark.parametrize("spec, state", [
-    ("V8", (3, "|", None, ("a",), {"a": (np.dtype("i8"), 0)}, 8, 1, 0)),  # fields on a void dtype
-    ("i8", (3, "<", None, None, None, -1, -1, 63)),  # an integer flagged as holding object pointers
-])
+@pytest.mark.parametrize(
+    "spec, state",
+    [
+        ("V8", (3, "|", None, ("a",), {"a": (np.dtype("i8"), 0)}, 8, 1, 0)),  # fields on a void dtype
+        ("i8", (3, "<", None, None, None, -1, -1, 63)),  # an integer flagged as holding object pointers
+    ],
+)
 def test_dtype_state_beyond_byte_order_is_refused(tmp_path, spec, state):
     path = tmp_path / "dtype.pkl"
     path.write_bytes(pickle.dumps([_Reduce(np.dtype, (spec, False, True), state)], protocol=2))
@@ -140,8 +146,12 @@ def test_tensors_round_trip(tmp_path, how):
 
 def test_lightning_style_checkpoint_loads(tmp_path):
     state = OrderedDict([("projector.mlp_proj.0.weight", torch.randn(4, 2)), ("router.gate.fc.bias", torch.zeros(4))])
-    ckpt = {"epoch": 3, "global_step": 10, "state_dict": state,
-            "hyper_parameters": argparse.Namespace(lr=1e-3, router="share", lora_r=8)}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 10,
+        "state_dict": state,
+        "hyper_parameters": argparse.Namespace(lr=1e-3, router="share", lora_r=8),
+    }
     loaded = safe_load(_save(ckpt, tmp_path / "last.ckpt", "zip"))
     assert loaded["hyper_parameters"] == ckpt["hyper_parameters"]
     assert list(loaded["state_dict"]) == list(state)

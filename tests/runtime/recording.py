@@ -34,6 +34,15 @@ class RecordingBackend:
 
     def step(self, embeds, attention_mask, position_ids, gate_weights, state):
         logits, out = self.inner.step(embeds, attention_mask, position_ids, gate_weights, state)
-        self.calls.append(Call(embeds.copy(), attention_mask.copy(), position_ids.copy(), gate_weights.copy(),
-                               state, out, logits.copy()))
+        self.calls.append(
+            Call(
+                embeds.copy(),
+                attention_mask.copy(),
+                position_ids.copy(),
+                gate_weights.copy(),
+                state,
+                out,
+                logits.copy(),
+            )
+        )
         return logits, out

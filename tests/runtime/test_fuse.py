@@ -66,8 +66,9 @@ def test_fused_sessions_match_the_unfused_graph(tiny_export):
         steps = [logits]
         for _ in range(2):  # decode on the model's own greedy tokens
             m = np.concatenate([m, np.ones((2, 1), m.dtype)], 1)
-            logits, state = be.step(be.embed(logits.argmax(-1)[:, None]), m, positions_from_mask(m)[:, -1:],
-                                    gate, state)
+            logits, state = be.step(
+                be.embed(logits.argmax(-1)[:, None]), m, positions_from_mask(m)[:, -1:], gate, state
+            )
             steps.append(logits)
         return steps
 

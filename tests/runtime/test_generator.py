@@ -117,10 +117,12 @@ def test_greedy_generate_decodes_through_the_shared_step(setup):
         assert call.state_in is before.state_out  # the cache carried from call to call
         assert call.attention_mask.shape == (3, mask.shape[1] + k) and (call.attention_mask[:, -k:] == 1).all()
         assert call.position_ids.tolist() == (mask.sum(1, keepdims=True) - 1 + k).tolist()
-        np.testing.assert_array_equal(call.embeds, model.llm.get_input_embeddings()(
-            torch.from_numpy(before.logits.argmax(-1)[:, None])).detach().numpy())
+        np.testing.assert_array_equal(
+            call.embeds,
+            model.llm.get_input_embeddings()(torch.from_numpy(before.logits.argmax(-1)[:, None])).detach().numpy(),
+        )
     assert len(calls) == 5 or len(calls) == max(len(t) for t in gen.tokens)
     for b, tokens in enumerate(gen.tokens):  # each row's answer: the argmax of each call until its stop
         picked = [int(call.logits[b].argmax()) for call in calls]
-        ends = [k + 1 for k in range(len(picked)) if stop.is_done(picked[:k + 1])]
-        assert tokens == [t for t in picked[:ends[0] if ends else None] if t not in stop.eos_ids]
+        ends = [k + 1 for k in range(len(picked)) if stop.is_done(picked[: k + 1])]
+        assert tokens == [t for t in picked[: ends[0] if ends else None] if t not in stop.eos_ids]

@@ -82,7 +82,7 @@ def test_non_finite_gradient_stops_before_the_optimizer_step():
     assert "train.lr" in err.value.hint
     q = torch.ones(3, requires_grad=True)
     (q * 4).sum().backward()
-    assert ft.clip_gradients([q], max_norm=1.0, step=1) == pytest.approx(48 ** 0.5)
+    assert ft.clip_gradients([q], max_norm=1.0, step=1) == pytest.approx(48**0.5)
 
 
 def test_diverging_training_stops_with_an_error(tmp_path, tiny_llama_dir, toy_data_dir):
@@ -104,8 +104,12 @@ def test_diverging_stage1_stops_naming_the_sasrec_learning_rate(tmp_path, tiny_l
 
 
 def test_same_seed_same_adapter_different_seed_differs(tmp_path, tiny_llama_dir, toy_data_dir):
-    runs = [ft.finetune(tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / name, max_steps=2, eval_rows=0)
-                        , progress=False) for name in ("a", "b")]
+    runs = [
+        ft.finetune(
+            tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / name, max_steps=2, eval_rows=0), progress=False
+        )
+        for name in ("a", "b")
+    ]
     a, b = (load_file(r.checkpoint / "adapter.safetensors") for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     recipe = tiny_recipe(tiny_llama_dir, toy_data_dir, tmp_path / "c", max_steps=2, eval_rows=0)

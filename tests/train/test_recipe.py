@@ -52,8 +52,12 @@ def fail(tmp_path: Path, text: str, overrides=()) -> list[str]:
 
 
 def test_recipes_folder_is_not_empty():
-    assert {p.name for p in RECIPES} >= {"lastfm-smollm2.yaml", "ml100k-smollm2.yaml", "lastfm-llama2-7b.yaml",
-                                         "quickstart.yaml"}
+    assert {p.name for p in RECIPES} >= {
+        "lastfm-smollm2.yaml",
+        "ml100k-smollm2.yaml",
+        "lastfm-llama2-7b.yaml",
+        "quickstart.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -100,8 +104,15 @@ def test_minimal_recipe_gets_defaults(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL))
     assert recipe == Recipe(output_dir="runs/x", data=DataConfig(root="data/x"))
     assert recipe.base_model == "default" and recipe.seed == 42
-    assert recipe.adapter.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj",
-                                             "gate_proj", "up_proj", "down_proj"]
+    assert recipe.adapter.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     assert recipe.train == TrainConfig()
     assert recipe.train.eval_rows == 32
 
@@ -129,7 +140,10 @@ def test_bool_rejected_for_int_and_float(tmp_path):
 
 
 def test_wrong_types(tmp_path):
-    lines = fail(tmp_path, MINIMAL + textwrap.dedent("""\
+    lines = fail(
+        tmp_path,
+        MINIMAL
+        + textwrap.dedent("""\
         base_model: 7
         sasrec:
           epochs: 2.5
@@ -137,7 +151,8 @@ def test_wrong_types(tmp_path):
           target_modules: q_proj
         train:
           eval_rows: all
-        """))
+        """),
+    )
     assert lines == [
         "base_model: expected a string, got an integer (7)",
         "sasrec.epochs: expected an integer, got a number (2.5)",
@@ -155,8 +170,10 @@ def test_list_items_and_sections_are_type_checked(tmp_path):
 
 
 def test_optional_fields_accept_null(tmp_path):
-    recipe = load_recipe(write(tmp_path, MINIMAL + "  max_train_rows: 10\ntrain:\n  eval_rows: null\n"),
-                         ["data.max_train_rows=null", "adapter.projector_hidden=~"])
+    recipe = load_recipe(
+        write(tmp_path, MINIMAL + "  max_train_rows: 10\ntrain:\n  eval_rows: null\n"),
+        ["data.max_train_rows=null", "adapter.projector_hidden=~"],
+    )
     assert recipe.data.max_train_rows is None
     assert recipe.train.eval_rows is None and recipe.adapter.projector_hidden is None
 
@@ -214,9 +231,16 @@ def test_value_checks(tmp_path, key, value, problem):
 
 
 def test_non_finite_numbers_are_refused_all_at_once(tmp_path):
-    lines = fail(tmp_path, MINIMAL + "train:\n  lr: .inf\n", [
-        "sasrec.lr=.nan", "train.max_grad_norm=.inf", "adapter.alpha=-.inf", "train.weight_decay=.nan",
-    ])
+    lines = fail(
+        tmp_path,
+        MINIMAL + "train:\n  lr: .inf\n",
+        [
+            "sasrec.lr=.nan",
+            "train.max_grad_norm=.inf",
+            "adapter.alpha=-.inf",
+            "train.weight_decay=.nan",
+        ],
+    )
     assert lines == [
         "sasrec.lr: must be a finite number; got nan",
         "adapter.alpha: must be a finite number; got -inf",
@@ -234,9 +258,16 @@ def test_learning_rates_beyond_any_sane_value_are_refused(tmp_path):
 
 
 def test_boundary_values_are_accepted(tmp_path):
-    recipe = load_recipe(write(tmp_path, MINIMAL), [
-        "adapter.dropout=0", "adapter.num_experts=1", "adapter.r=1", "train.eval_rows=0", "train.warmup_steps=0",
-    ])
+    recipe = load_recipe(
+        write(tmp_path, MINIMAL),
+        [
+            "adapter.dropout=0",
+            "adapter.num_experts=1",
+            "adapter.r=1",
+            "train.eval_rows=0",
+            "train.warmup_steps=0",
+        ],
+    )
     assert recipe.adapter.dropout == 0.0 and recipe.adapter.num_experts == 1 and recipe.train.eval_rows == 0
 
 
@@ -276,14 +307,18 @@ def test_unknown_key_without_match_lists_known_keys(tmp_path):
 
 
 def test_all_problems_reported_at_once(tmp_path):
-    lines = fail(tmp_path, MINIMAL + textwrap.dedent("""\
+    lines = fail(
+        tmp_path,
+        MINIMAL
+        + textwrap.dedent("""\
         adapter:
           r: 8
           num_experts: 3
         train:
           max_stpes: 10
           batch_size: true
-        """))
+        """),
+    )
     assert len(lines) == 3
     assert lines[0].startswith("adapter.r: must be divisible by adapter.num_experts")
     assert lines[1] == "train.max_stpes: unknown key (did you mean train.max_steps?)"
@@ -294,16 +329,19 @@ def test_all_problems_reported_at_once(tmp_path):
 
 
 def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):
-    recipe = load_recipe(write(tmp_path, MINIMAL + "train:\n  max_steps: 300\n"), [
-        "train.max_steps=10",
-        "adapter.num_experts=1",
-        "data.max_train_rows=null",
-        "train.lr=2e-4",
-        "adapter.target_modules=[q_proj, v_proj]",
-        "base_model=/models/llama",
-        "data.prompt_file=prompts/a=b.txt",  # only the first '=' separates key and value
-        " seed = 7",
-    ])
+    recipe = load_recipe(
+        write(tmp_path, MINIMAL + "train:\n  max_steps: 300\n"),
+        [
+            "train.max_steps=10",
+            "adapter.num_experts=1",
+            "data.max_train_rows=null",
+            "train.lr=2e-4",
+            "adapter.target_modules=[q_proj, v_proj]",
+            "base_model=/models/llama",
+            "data.prompt_file=prompts/a=b.txt",  # only the first '=' separates key and value
+            " seed = 7",
+        ],
+    )
     assert recipe.train.max_steps == 10
     assert recipe.adapter.num_experts == 1
     assert recipe.data.max_train_rows is None
@@ -315,8 +353,10 @@ def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):
 
 
 def test_later_override_wins_and_mapping_merges_into_section(tmp_path):
-    recipe = load_recipe(write(tmp_path, MINIMAL + "adapter:\n  gate: resnet\n"),
-                         ["train.max_steps=1", "train.max_steps=2", "adapter={r: 4, num_experts: 2}"])
+    recipe = load_recipe(
+        write(tmp_path, MINIMAL + "adapter:\n  gate: resnet\n"),
+        ["train.max_steps=1", "train.max_steps=2", "adapter={r: 4, num_experts: 2}"],
+    )
     assert recipe.train.max_steps == 2
     assert (recipe.adapter.r, recipe.adapter.num_experts, recipe.adapter.gate) == (4, 2, "resnet")
 
@@ -327,9 +367,17 @@ def test_override_creates_a_missing_section(tmp_path):
 
 
 def test_override_problems_reported_with_the_others(tmp_path):
-    lines = fail(tmp_path, MINIMAL + "seed: yes\n", [
-        "foo", "train.max_stpes=3", "adapter.r.x=1", "train.lr=[", "=3",
-    ])
+    lines = fail(
+        tmp_path,
+        MINIMAL + "seed: yes\n",
+        [
+            "foo",
+            "train.max_stpes=3",
+            "adapter.r.x=1",
+            "train.lr=[",
+            "=3",
+        ],
+    )
     assert lines[0] == "foo: malformed override (expected KEY=VALUE, e.g. train.max_steps=10)"
     assert lines[1] == "train.max_stpes: unknown key (did you mean train.max_steps?) (in override 'train.max_stpes=3')"
     assert lines[2] == "adapter.r.x: adapter.r is a single value, not a section (in override 'adapter.r.x=1')"
@@ -369,20 +417,28 @@ def test_duplicate_yaml_key_is_reported(tmp_path):
 
 
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):
-    recipe = load_recipe(write(tmp_path, MINIMAL + "train: &t {max_steps: 5, batch_size: 2}\n"
-                               "sasrec:\n  <<: {epochs: 3, batch_size: 8}\n  batch_size: 16\n"))
+    recipe = load_recipe(
+        write(
+            tmp_path,
+            MINIMAL + "train: &t {max_steps: 5, batch_size: 2}\n"
+            "sasrec:\n  <<: {epochs: 3, batch_size: 8}\n  batch_size: 16\n",
+        )
+    )
     assert recipe.sasrec.epochs == 3 and recipe.sasrec.batch_size == 16
     # the merged keys are validated like any other
     lines = fail(tmp_path, MINIMAL + "train:\n  <<: {max_steps: 5, max_stpes: 2}\n  max_steps: 7\n")
     assert lines == ["train.max_stpes: unknown key (did you mean train.max_steps?)"]
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("- a\n- b\n", "(top level): expected a mapping of keys, got a list (['a', 'b'])"),
-    ("just a string\n", "(top level): expected a mapping of keys, got a string ('just a string')"),
-    ("", "(top level): the recipe is empty; expected a mapping of keys"),
-    ("# only comments\n", "(top level): the recipe is empty; expected a mapping of keys"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("- a\n- b\n", "(top level): expected a mapping of keys, got a list (['a', 'b'])"),
+        ("just a string\n", "(top level): expected a mapping of keys, got a string ('just a string')"),
+        ("", "(top level): the recipe is empty; expected a mapping of keys"),
+        ("# only comments\n", "(top level): the recipe is empty; expected a mapping of keys"),
+    ],
+)
 def test_recipe_must_be_a_mapping(tmp_path, text, problem):
     assert fail(tmp_path, text) == [problem]
 
@@ -416,8 +472,9 @@ def test_to_dict_is_plain_and_round_trips(tmp_path):
 
 def test_from_dict_validates_with_source_name():
     with pytest.raises(RecipeError) as err:
-        recipe_from_dict({"output_dir": "x", "data": {"root": "y"}, "adapter": {"num_experts": 3}},
-                         source="ckpt/recipe")
+        recipe_from_dict(
+            {"output_dir": "x", "data": {"root": "y"}, "adapter": {"num_experts": 3}}, source="ckpt/recipe"
+        )
     assert err.value.message.splitlines()[0] == "recipe ckpt/recipe: 1 problem(s)"
     with pytest.raises(RecipeError, match=r"recipe <dict>: 1 problem\(s\)"):
         recipe_from_dict(["not", "a", "mapping"])

@@ -40,8 +40,9 @@ def _sasrec_config(result) -> dict:
     return read_checkpoint(result.checkpoint).config["sasrec"]
 
 
-def test_stage1_is_reused_when_identical_and_rebuilt_without_resume(tmp_path, tiny_llama_dir, toy_data_dir,
-                                                                    stage1_runs):
+def test_stage1_is_reused_when_identical_and_rebuilt_without_resume(
+    tmp_path, tiny_llama_dir, toy_data_dir, stage1_runs
+):
     out = tmp_path / "run"
     ft.finetune(_quick(tiny_llama_dir, toy_data_dir, out), progress=False)
     assert len(stage1_runs) == 1
@@ -67,8 +68,9 @@ def test_stage1_of_another_dataset_is_rebuilt(tmp_path, tiny_llama_dir, toy_data
     assert any("training SASRec" in m for m in messages)
 
 
-def test_stage1_of_other_sasrec_settings_is_rebuilt_and_not_resumed_over(tmp_path, tiny_llama_dir, toy_data_dir,
-                                                                         capsys):
+def test_stage1_of_other_sasrec_settings_is_rebuilt_and_not_resumed_over(
+    tmp_path, tiny_llama_dir, toy_data_dir, capsys
+):
     out = tmp_path / "run"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(recipe_to_dict(_quick(tiny_llama_dir, toy_data_dir, out))))
@@ -124,14 +126,22 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("damage, named", [
-    (lambda s: _truncate(s / "optimizer.pt"), "optimizer.pt"),
-    (lambda s: _truncate(s / "trainable.safetensors"), "trainable.safetensors"),
-    (lambda s: (s / "state.json").write_text('{"step": 1, "log": ['), "state.json"),
-    (lambda s: (s / "state.json").write_text(json.dumps({k: v for k, v in json.loads(
-        (s / "state.json").read_text()).items() if k != "step"})), "state.json: step: missing required key"),
-    (lambda s: (s / "state.json").write_text("[]"), "state.json"),
-], ids=["optimizer-truncated", "trainable-truncated", "state-broken-json", "state-without-step", "state-a-list"])
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda s: _truncate(s / "optimizer.pt"), "optimizer.pt"),
+        (lambda s: _truncate(s / "trainable.safetensors"), "trainable.safetensors"),
+        (lambda s: (s / "state.json").write_text('{"step": 1, "log": ['), "state.json"),
+        (
+            lambda s: (s / "state.json").write_text(
+                json.dumps({k: v for k, v in json.loads((s / "state.json").read_text()).items() if k != "step"})
+            ),
+            "state.json: step: missing required key",
+        ),
+        (lambda s: (s / "state.json").write_text("[]"), "state.json"),
+    ],
+    ids=["optimizer-truncated", "trainable-truncated", "state-broken-json", "state-without-step", "state-a-list"],
+)
 def test_damaged_trainer_state_is_an_error_with_a_hint(stopped_run, tmp_path, capsys, damage, named):
     recipe, run = stopped_run
     out = tmp_path / "run"
@@ -147,8 +157,7 @@ def test_damaged_trainer_state_is_an_error_with_a_hint(stopped_run, tmp_path, ca
 
 
 @pytest.mark.parametrize("folder", ["ckpt", "train_state"])
-def test_a_users_file_inside_ckpt_or_train_state_stops_the_run_before_training(stopped_run, tmp_path, capsys,
-                                                                                folder):
+def test_a_users_file_inside_ckpt_or_train_state_stops_the_run_before_training(stopped_run, tmp_path, capsys, folder):
     recipe, run = stopped_run
     out = tmp_path / "run"
     shutil.copytree(run, out)

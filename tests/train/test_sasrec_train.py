@@ -57,8 +57,7 @@ def test_training_reduces_the_loss_and_learns_the_pattern(trained):
     assert history["HitRatio@5"] == pytest.approx(_hr_by_hand(model, valid, 5))
     assert [v["epoch"] for v in history["valid"]] == list(range(1, CFG.epochs + 1))
     assert not model.training
-    assert model.config() == {"item_num": NUM_ITEMS, "hidden": 16, "state_size": L, "num_heads": 1,
-                              "dropout": 0.1}
+    assert model.config() == {"item_num": NUM_ITEMS, "hidden": 16, "state_size": L, "num_heads": 1, "dropout": 0.1}
 
 
 def test_training_is_deterministic_and_leaves_the_global_rng_alone(trained):
