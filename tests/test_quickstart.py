@@ -101,6 +101,16 @@ def test_format_table_renders_the_summary(runs):
     _check_table(runs[0])
 
 
+def test_a_rerun_says_which_stages_it_reused(runs):
+    first, _, second, _, _, _ = runs
+    assert first["reused"] == []
+    assert second["reused"] == ["export", "eval_torch", "eval_ort"]  # every shard read back
+    table = format_table(second)
+    assert "| torch |" in table and table.count(" (resumed) |") == 2
+    assert "export 0 s (reused)" in table.splitlines()[-1] and "finetune" in table.splitlines()[-1]
+    assert "(resumed)" not in format_table(first) and "(reused)" not in format_table(first)
+
+
 def test_format_table_puts_each_number_in_its_column():
     # every value distinct, so a number in the wrong column cannot go unnoticed
     backends = {
