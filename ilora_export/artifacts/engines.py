@@ -31,6 +31,11 @@ def write_engines_index(folder, index: dict) -> Path:
     return path
 
 
+def is_engines_index(data: object) -> bool:
+    """Whether parsed JSON is an engines index: an object naming the export it was built from."""
+    return isinstance(data, dict) and isinstance(data.get("export"), str)
+
+
 def read_engines_index(folder) -> dict:
     """The index of an engines folder; :class:`IloraError` when it is absent, unreadable or names no export."""
     path = Path(folder) / ENGINES_INDEX
@@ -43,7 +48,7 @@ def read_engines_index(folder) -> dict:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         raise IloraError(f"{path}: unreadable", _HINT) from None
-    if not isinstance(index, dict) or not isinstance(index.get("export"), str):
+    if not is_engines_index(index):
         raise IloraError(f"{path}: without the export it was built from", _HINT)
     return index
 

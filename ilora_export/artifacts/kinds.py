@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ilora_export.artifacts.engines import ENGINES_INDEX
+from ilora_export.artifacts.engines import ENGINES_INDEX, is_engines_index
 
 CHECKPOINT_FORMAT = "ilora-export/checkpoint"
 EXPORT_FORMAT = "ilora-export/onnx"
@@ -60,8 +60,7 @@ def folder_kind(path: str | os.PathLike) -> str | None:
         return EXPORT
     if (_json_object(path / "config.json") or {}).get("format") == CHECKPOINT_FORMAT:
         return CHECKPOINT
-    engines = _json_object(path / ENGINES_INDEX)
-    if engines is not None and "export" in engines:
+    if is_engines_index(_json_object(path / ENGINES_INDEX)):
         return ENGINES
     state = _json_object(path / "state.json")
     if state is not None and isinstance(state.get("files"), dict) and "step" in state:
