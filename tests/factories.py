@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from ilora_export.artifacts.spec import AdapterSpec
 from ilora_export.base.loading import load_base_model
 from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
 from ilora_export.model.moe_lora import moe_lora_layers
 from ilora_export.model.sasrec import SASRec
-from ilora_export.model.spec import AdapterSpec
 
 #: the official reference files (data, SASRec, prompts) live outside the repository
 REF_DIR = Path(os.environ.get("ILORA_REF_DIR", Path(__file__).resolve().parents[2] / "shared" / "ilora-ref"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ilora_export.checkpoint.format import (
+from ilora_export.artifacts.checkpoint import (
     ADAPTER,
     ADDED_TOKENS,
     CATALOGUE,
@@ -17,13 +17,11 @@ from ilora_export.checkpoint.format import (
     TOKENIZER,
     CheckpointInfo,
     base_model_fingerprint,
-    read_catalogue,
     read_checkpoint,
-    read_templates,
-    read_tensors,
 )
-from ilora_export.data.llara import Catalogue
-from ilora_export.data.prompts import PromptTemplates
+from ilora_export.checkpoint.format import read_tensors
+from ilora_export.data.llara import Catalogue, read_catalogue
+from ilora_export.data.prompts import PromptTemplates, read_templates
 from ilora_export.errors import CheckpointError
 
 
@@ -60,10 +58,10 @@ def load_checkpoint(
     """
     from transformers import AutoTokenizer
 
+    from ilora_export.artifacts.spec import AdapterSpec
     from ilora_export.base.loading import load_base_model
     from ilora_export.model.ilora import ILoRAModel
     from ilora_export.model.sasrec import SASRec
-    from ilora_export.model.spec import AdapterSpec
 
     info = read_checkpoint(path)
     cfg = info.config

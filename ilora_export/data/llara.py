@@ -15,6 +15,7 @@ The padding id is the number of catalogue items, so catalogue ids must be exactl
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -372,3 +373,9 @@ def load_dataset(root) -> LlaraDataset:
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found", hint=_LAYOUT_HINT)
     return LlaraDataset(root=root, catalogue=load_catalogue(root))
+
+
+def read_catalogue(file: Path) -> Catalogue:
+    """A ``catalogue.json`` (as a checkpoint or an export holds it) as a Catalogue."""
+    cat = json.loads(Path(file).read_text(encoding="utf-8"))
+    return Catalogue(titles=dict(enumerate(cat["titles"])), pad_id=cat["pad_id"], source=Path(file))

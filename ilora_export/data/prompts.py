@@ -74,3 +74,9 @@ def render_prompt(template: str, history_titles: list[str], candidate_titles: li
     history = ", ".join(f"{title} {HISTORY_EMB}" for title in history_titles)
     candidates = ", ".join(f"{title} {CANS_EMB}" for title in candidate_titles)
     return _SLOTS.sub(lambda m: history if m.group(0) == HISTORY_SLOT else candidates, template)
+
+
+def read_templates(file: Path, source: str) -> PromptTemplates:
+    """A ``prompts.txt`` (one template per line, as a checkpoint or an export holds it) as PromptTemplates."""
+    lines = Path(file).read_text(encoding="utf-8").split("\n")
+    return PromptTemplates(tuple(t for t in lines if t), source=source)

@@ -12,11 +12,11 @@ from torch import nn
 
 from ilora_export.artifacts import bank
 from ilora_export.artifacts import tokens as T
+from ilora_export.artifacts.spec import AdapterSpec
 from ilora_export.model.gating import build_gate
 from ilora_export.model.moe_lora import ExpertGate, inject_moe_lora
 from ilora_export.model.projector import ItemProjector
 from ilora_export.model.sasrec import SASRec
-from ilora_export.model.spec import AdapterSpec
 
 
 def add_ilora_tokens(tokenizer, llm: nn.Module) -> dict[str, int]:

@@ -168,6 +168,7 @@ def import_official(
     ``data_dir`` supplies the catalogue (item titles); ``prompt_file`` the templates the model was
     trained with (the official ``prompt/*.txt``; the project's default otherwise).
     """
+    from ilora_export.artifacts.spec import AdapterSpec
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.base.loading import load_base_model
     from ilora_export.checkpoint.format import save_checkpoint
@@ -177,7 +178,6 @@ def import_official(
     from ilora_export.model.gating import ResNetGate
     from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
     from ilora_export.model.projector import ItemProjector
-    from ilora_export.model.spec import AdapterSpec
     from ilora_export.official.sasrec import load_official_sasrec
 
     state, hparams = read_official_state(ckpt)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ilora_export.artifacts.checkpoint import CATALOGUE as CHECKPOINT_CATALOGUE
+from ilora_export.artifacts.checkpoint import read_checkpoint
 from ilora_export.artifacts.engines import engines_export_dir
 from ilora_export.artifacts.kinds import CHECKPOINT, EXPORT, folder_kind
 from ilora_export.artifacts.manifest import (
@@ -19,9 +21,8 @@ from ilora_export.artifacts.manifest import (
     read_manifest,
     verify_export_files,
 )
-from ilora_export.checkpoint.format import CATALOGUE as CHECKPOINT_CATALOGUE
-from ilora_export.checkpoint.format import read_catalogue, read_checkpoint, read_templates
-from ilora_export.data.llara import Catalogue
+from ilora_export.data.llara import Catalogue, read_catalogue
+from ilora_export.data.prompts import read_templates
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.runtime.generator import PromptAssets
 

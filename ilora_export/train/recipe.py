@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
+from ilora_export.artifacts.spec import AdapterSpec
 from ilora_export.errors import RecipeError
-from ilora_export.model.spec import AdapterSpec
 from ilora_export.schema import build, close_key, join, opt
 
 __all__ = [

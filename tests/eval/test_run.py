@@ -50,7 +50,8 @@ def test_output_folder_is_fingerprinted_by_the_request_identity(tiny_run, toy_da
 def _sasrec_hits(checkpoint, rows) -> int:
     """How many rows' target is SASRec's best-scored candidate, from the checkpoint's SASRec weights alone
     (its logits over the whole catalogue, then the candidates' columns)."""
-    from ilora_export.checkpoint.format import SASREC, read_checkpoint, read_tensors
+    from ilora_export.artifacts.checkpoint import SASREC, read_checkpoint
+    from ilora_export.checkpoint.format import read_tensors
     from ilora_export.model.sasrec import SASRec
 
     sasrec = SASRec(**read_checkpoint(checkpoint).config["sasrec"])
