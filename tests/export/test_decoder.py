@@ -111,3 +111,57 @@ def test_fp16_graph_keeps_softmax_norm_and_logits_in_fp32(tiny_llama_dir, tmp_pa
     assert len(reduce_in) == 2 * model.llm.config.num_hidden_layers + 1 and set(reduce_in) == {fp32}
     matmul_out = [types[n.output[0]] for n in graph.node if n.op_type == "MatMul"]
     assert fp16 in matmul_out  # the projections do run in fp16
+
+
+def _ops_between(graph, start: str, stop_op: str) -> set[str]:
+    """Op types on every path from tensor ``start`` forward to the first ``stop_op`` node of each path."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen, ops, todo = set(), set(), [start]
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type != stop_op:
+                ops.add(node.op_type)
+                todo.extend(node.output)
+    return ops
+
+
+def test_grouped_attention_reads_each_kv_head_once(tiny_llama_dir, tmp_path):
+    """K and V reach the attention MatMuls without being repeated for the query heads (no Expand)."""
+    import onnx
+
+    model = make_tiny_ilora(tiny_llama_dir)
+    cfg = model.llm.config
+    assert cfg.num_attention_heads > cfg.num_key_value_heads  # the tiny model does use grouped heads
+    contract = export_decoder(model, tmp_path / "decoder.onnx")
+    graph = onnx.load(str(tmp_path / "decoder.onnx")).graph
+    presents = [n for n in contract.output_names if n.startswith("present.")]
+    assert len(presents) == 2 * cfg.num_hidden_layers
+    for name in presents:
+        assert "Expand" not in _ops_between(graph, name, "MatMul"), name
+
+
+def test_grouped_attention_equals_attention_over_repeated_heads():
+    from ilora_export.export.attention import fp32_softmax_attention
+
+    gen = torch.Generator().manual_seed(0)
+    b, kv, groups, s, t, d = 2, 3, 4, 5, 7, 8
+    query = torch.randn(b, kv * groups, s, d, generator=gen)
+    key, value = torch.randn(b, kv, t, d, generator=gen), torch.randn(b, kv, t, d, generator=gen)
+    mask = torch.zeros(b, 1, s, t)
+    mask[0, :, :, :2] = torch.finfo(torch.float32).min  # row 0 left-padded by two positions
+    module = torch.nn.Module()
+    out, probs = fp32_softmax_attention(module, query, key, value, mask, scaling=d**-0.5)
+    # reference: every KV head repeated for its query heads (head j reads KV head j // groups)
+    k = key.repeat_interleave(groups, dim=1)  # [B, h, T, d]
+    v = value.repeat_interleave(groups, dim=1)
+    ref_probs = torch.softmax(query @ k.transpose(2, 3) * d**-0.5 + mask, dim=-1)  # [B, h, S, T]
+    ref = (ref_probs @ v).transpose(1, 2)  # [B, S, h, d]
+    torch.testing.assert_close(probs, ref_probs)
+    torch.testing.assert_close(out, ref)
+    assert probs[0, :, :, :2].abs().max() == 0  # the padding gets no weight
