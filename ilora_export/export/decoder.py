@@ -25,6 +25,7 @@ from ilora_export.artifacts.contract import (
 )
 from ilora_export.export.attention import traced_attention
 from ilora_export.export.quiet import quiet_exporter
+from ilora_export.model.generate import output_cache
 from ilora_export.model.moe_lora import BankLayout, adapters_disabled
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -68,7 +69,7 @@ class _LastLogits(nn.Module):
         head = self.llm.get_output_embeddings()
         last = out.last_hidden_state[:, -1:, :].float()  # [B, 1, H]
         bias = None if head.bias is None else head.bias.float()
-        return nn.functional.linear(last, head.weight.float(), bias), out.past_key_values  # [B, 1, V]
+        return nn.functional.linear(last, head.weight.float(), bias), output_cache(out)  # [B, 1, V]
 
 
 class DecoderWrapper(nn.Module):

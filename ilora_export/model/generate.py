@@ -42,3 +42,10 @@ class StopRule:
         if last in self.newline_ids:
             return "\n" in self._text(token_ids).lstrip()
         return False
+
+
+def output_cache(out):
+    """The KV cache a Hugging Face model call returned: ``out.cache`` (transformers >= 5.x names it so;
+    reading the older ``past_key_values`` logs a deprecation warning), else ``out.past_key_values``."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

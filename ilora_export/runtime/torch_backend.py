@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
+from ilora_export.model.generate import output_cache
 from ilora_export.model.moe_lora import adapters_disabled
 from ilora_export.runtime.backend import Encoded
 
@@ -47,4 +48,4 @@ class TorchBackend:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1, :].float().cpu().numpy(), out.past_key_values  # [B, V]
+        return out.logits[:, -1, :].float().cpu().numpy(), output_cache(out)  # [B, V]

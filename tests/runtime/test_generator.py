@@ -126,3 +126,14 @@ def test_greedy_generate_decodes_through_the_shared_step(setup):
         picked = [int(call.logits[b].argmax()) for call in calls]
         ends = [k + 1 for k in range(len(picked)) if stop.is_done(picked[: k + 1])]
         assert tokens == [t for t in picked[: ends[0] if ends else None] if t not in stop.eos_ids]
+
+
+def test_decoding_with_torch_logs_no_deprecation(setup, monkeypatch):
+    """The cache is read from a model output by its current name: no transformers deprecation per call."""
+    import transformers.utils.generic as hf_generic
+
+    said = []
+    monkeypatch.setattr(hf_generic.logger, "warning_once", lambda msg, *a, **k: said.append(str(msg)))
+    model, enc, examples, stop = setup
+    greedy_generate(TorchBackend(model), enc.collate(examples[:2]), stop, model.token_ids, 3)
+    assert not [m for m in said if "deprecated" in m]
