@@ -256,13 +256,22 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _list_entries(path: Path, limit: int = 3) -> str:
+def folder_entries(path: Path) -> list[str]:
+    """The names in a folder, sorted, sub-folders with a trailing ``/``; [] when it cannot be read."""
     try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir())
     except OSError:
-        names = []
+        return []
+
+
+def listing(names: list[str], limit: int = 3) -> str:
+    """The first ``limit`` names for a message: ``a, b, c and 2 more``."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"a folder of other files: {', '.join(names[:limit])}{more}"
+    return f"{', '.join(names[:limit])}{more}"
+
+
+def _list_entries(path: Path) -> str:
+    return f"a folder of other files: {listing(folder_entries(path))}"
 
 
 def check_replaceable(

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ilora_export.artifacts.engines import ENGINES_INDEX, is_engines_index
+from ilora_export.fileio import folder_entries, listing
 
 CHECKPOINT_FORMAT = "ilora-export/checkpoint"
 EXPORT_FORMAT = "ilora-export/onnx"
@@ -103,14 +104,8 @@ def describe_folder(path: str | os.PathLike, limit: int = 3) -> str:
     kind = folder_kind(path)
     foreign = foreign_files(path, kind) if kind else None
     if foreign:
-        more = f" and {len(foreign) - limit} more" if len(foreign) > limit else ""
-        return f"{describe_kind(kind)}, with files it did not write: {', '.join(foreign[:limit])}{more}"
-    try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    except OSError:
-        names = []
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"{describe_kind(kind)}: {', '.join(names[:limit])}{more}"
+        return f"{describe_kind(kind)}, with files it did not write: {listing(foreign, limit)}"
+    return f"{describe_kind(kind)}: {listing(folder_entries(path), limit)}"
 
 
 def of_kind(kind: str):
