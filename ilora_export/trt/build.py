@@ -16,6 +16,7 @@ from ilora_export.trt.engine import (
     device_facts,
     import_tensorrt,
 )
+from ilora_export.trt.operators import check_export
 from ilora_export.trt.profiles import Limits, decoder_profiles, encoder_profiles
 from ilora_export.trt.script import build_script, trtexec_command
 
@@ -56,6 +57,7 @@ def build_engines(
             "export it with: ilora-export onnx CHECKPOINT --dtype fp16 -o DIR (strongly typed "
             "networks take their precision from the graph)",
         )
+    check_export(info, log=log)  # operators TensorRT's ONNX parser lacks: refused before anything is written
     profiles = engine_profiles(info, limits)
     out.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(info.path, out)
