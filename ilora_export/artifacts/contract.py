@@ -140,21 +140,25 @@ def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
 
 
 def decoder_contract(shape: ModelShape, dtype: str, *, bake_experts: bool) -> GraphContract:
-    """inputs_embeds [B,S,H], attention_mask [B,T], position_ids [B,S], gate_weights [B,K], past, bank."""
-    kv = ("batch", shape.num_kv_heads, "past_sequence", shape.head_dim)
+    """The decoder over a preallocated KV cache (left padding):
+
+    inputs_embeds [B,S,H], cache_position [S] (the cache columns this call writes), row_start [B] (each row's
+    first valid column: its left padding), gate_weights [B,K], past [B,kv,C,d] of a fixed capacity C, bank
+    -> logits [B,1,V] fp32 and present [B,kv,C,d]: the same cache with the S new columns written, meant to
+    be bound to the past's own buffer (written in place)."""
+    kv = ("batch", shape.num_kv_heads, "capacity", shape.head_dim)
     inputs = [
         TensorSpec("inputs_embeds", dtype, ("batch", "sequence", shape.hidden_size)),
-        TensorSpec("attention_mask", "int64", ("batch", "total_sequence")),
-        TensorSpec("position_ids", "int64", ("batch", "sequence")),
+        TensorSpec("cache_position", "int64", ("sequence",)),
+        TensorSpec("row_start", "int64", ("batch",)),
         TensorSpec("gate_weights", dtype, ("batch", shape.num_experts)),
         *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers)],
     ]
     if not bake_experts:
         inputs += [TensorSpec(name, dtype, tuple(dims)) for name, dims in graph_input_shapes(shape.bank_shapes)]
-    present = ("batch", shape.num_kv_heads, "total_sequence", shape.head_dim)
     outputs = [
         TensorSpec("logits", "float32", ("batch", 1, shape.vocab_size)),
-        *[TensorSpec(n, dtype, present) for n in past_names(shape.num_layers, "present")],
+        *[TensorSpec(n, dtype, kv) for n in past_names(shape.num_layers, "present")],
     ]
     return GraphContract(DECODER_FILE, tuple(inputs), tuple(outputs), {"logits": LOGITS_ATOL[dtype]})
 

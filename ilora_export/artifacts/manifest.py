@@ -46,7 +46,7 @@ from ilora_export.schema import build, describe, opt
 
 MANIFEST = "manifest.json"
 FORMAT = EXPORT_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder reads and writes a preallocated KV cache (cache_position, row_start)
 BANK = "bank.safetensors"
 EMBEDDINGS = "embeddings.safetensors"
 TOKENIZER = "tokenizer"
@@ -121,6 +121,13 @@ def read_manifest(path, *, verify_files: bool = True) -> ExportInfo:
         or manifest.get("format") != FORMAT
         or manifest.get("format_version") != FORMAT_VERSION
     ):
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if isinstance(manifest, dict) and manifest.get("format") == FORMAT and isinstance(version, int):
+            raise ExportError(
+                f"{file}: an {FORMAT} v{version} export; this version reads v{FORMAT_VERSION}"
+                + (" (the decoder's KV-cache interface changed)" if version < FORMAT_VERSION else ""),
+                "export again from the checkpoint: ilora-export onnx CHECKPOINT -o FOLDER",
+            )
         raise ExportError(f"{file}: not an {FORMAT} v{FORMAT_VERSION} manifest", _HINT)
     check_manifest(manifest, file)
     info = ExportInfo(path, manifest)

@@ -28,13 +28,35 @@ class Backend(Protocol):
     def step(
         self,
         embeds: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
+        cache_position: np.ndarray,
+        row_start: np.ndarray,
         gate_weights: np.ndarray,
         state: Any,
     ) -> tuple[np.ndarray, Any]:
         """One decoder call. ``state`` is None for the prefill, then what the previous call returned.
 
-        embeds [B, S, H]; attention_mask [B, P+S]; position_ids [B, S]; gate_weights [B, K]
+        embeds [B, S, H]; cache_position [S] (the cache columns this call writes, P..P+S-1); row_start [B]
+        (each row's first real column: its left padding); gate_weights [B, K]
         -> last-position logits [B, V] float32 and the new state (the KV cache, in the backend's form).
         """
+
+
+def dense_mask(cache_position: np.ndarray, row_start: np.ndarray) -> np.ndarray:
+    """The [B, P+S] int64 attention mask (1 on real columns) that ``cache_position`` and ``row_start`` stand for."""
+    cols = np.arange(int(cache_position[-1]) + 1)  # [P+S]
+    return (cols[None, :] >= row_start[:, None]).astype(np.int64)  # [B, P+S]
+
+
+def rotary_positions(cache_position: np.ndarray, row_start: np.ndarray) -> np.ndarray:
+    """Positions [B, S] under left padding: the column minus the row's start (pads get 0)."""
+    return np.clip(cache_position[None, :] - row_start[:, None], 0, None).astype(np.int64)
+
+
+# Columns a backend with a growable KV cache allocates beyond what a call needs: attention reads the
+# whole capacity, so it stays small; growing copies the cache once every KV_GROWTH tokens.
+KV_GROWTH = 16
+
+
+def grown_capacity(capacity: int, needed: int) -> int:
+    """The KV capacity to hold ``needed`` columns: ``capacity`` if it suffices, else needed + KV_GROWTH."""
+    return capacity if needed <= capacity else needed + KV_GROWTH

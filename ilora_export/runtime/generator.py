@@ -1,5 +1,5 @@
 """The shared greedy generator: prompt assembly, the decode step (:class:`StepInputs` and :class:`Decoding`:
-positions under left padding, mask growth, the KV-cache state) and stop conditions. Every decode loop over a
+the cache columns each call writes under left padding, the KV-cache state) and stop conditions. Every decode loop over a
 Backend (generation, backend validation, the benchmark) steps through :class:`Decoding`."""
 
 from __future__ import annotations
@@ -38,9 +38,13 @@ class Generation:
     item_scores: np.ndarray  # [B, N] SASRec scores of the candidates
 
 
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Left-padding-aware positions: [B, S] -> [B, S] (pads get 0)."""
-    return np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
+def left_padding(mask: np.ndarray) -> np.ndarray:
+    """Each row's count of leading pads [B] of a left-padded attention mask [B, S] (ValueError otherwise)."""
+    mask = np.asarray(mask).astype(bool)  # [B, S]
+    start = mask.shape[1] - mask.sum(axis=1)  # [B]
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] >= start[:, None]):
+        raise ValueError("the prompt batch is not left-padded (pads, then tokens, in every row)")
+    return start.astype(np.int64)
 
 
 def assemble_prompt(backend: Backend, batch: PromptBatch, token_ids: dict[str, int]):
@@ -65,21 +69,23 @@ class StepInputs:
     """What one decoder call reads (the Backend.step arguments but the KV state)."""
 
     embeds: np.ndarray  # [B, S, H]
-    attention_mask: np.ndarray  # [B, P+S] int64, P tokens already in the cache
-    position_ids: np.ndarray  # [B, S] int64
+    cache_position: np.ndarray  # [S] int64: the cache columns this call writes (P tokens already cached)
+    row_start: np.ndarray  # [B] int64: each row's first real column (its left padding)
     gate_weights: np.ndarray  # [B, K]
 
     @classmethod
     def prefill(cls, embeds: np.ndarray, attention_mask: np.ndarray, gate_weights: np.ndarray) -> StepInputs:
-        """The first call: a (left-padded) prompt, embeds [B, S, H] under attention_mask [B, S]."""
-        mask = attention_mask.astype(np.int64)  # [B, S]
-        return cls(embeds, mask, positions_from_mask(mask), gate_weights)
+        """The first call: a left-padded prompt, embeds [B, S, H] under attention_mask [B, S]."""
+        start = left_padding(attention_mask)  # [B]
+        return cls(embeds, np.arange(embeds.shape[1], dtype=np.int64), start, gate_weights)
 
     def then(self, embeds: np.ndarray) -> StepInputs:
-        """The next call: one more token per row, embeds [B, 1, H]; the mask grows by one column."""
-        rows = self.attention_mask.shape[0]
-        mask = np.concatenate([self.attention_mask, np.ones((rows, 1), np.int64)], axis=1)  # [B, P+S+1]
-        return StepInputs(embeds, mask, self.position_ids[:, -1:] + 1, self.gate_weights)  # positions [B, 1]
+        """The next call: one more token per row, embeds [B, 1, H], written at the next column."""
+        return replace(self, embeds=embeds, cache_position=self.cache_position[-1:] + 1)
+
+    @property
+    def rows(self) -> int:
+        return self.embeds.shape[0]
 
     def astype(self, dtype) -> StepInputs:
         """The same inputs with embeds and gate weights in ``dtype`` (another backend's)."""
@@ -106,7 +112,7 @@ class Decoding:
     def step(self, inputs: StepInputs) -> np.ndarray:
         """One decoder call: last-position logits [B, V] float32."""
         logits, self.state = self.backend.step(
-            inputs.embeds, inputs.attention_mask, inputs.position_ids, inputs.gate_weights, self.state
+            inputs.embeds, inputs.cache_position, inputs.row_start, inputs.gate_weights, self.state
         )
         return logits
 
@@ -125,7 +131,7 @@ def greedy_generate(
     """Greedy answers for a left-padded batch; a row stops at EOS or at a newline after its text."""
     inputs, scores = prompt_inputs(backend, batch, token_ids)
     decoding = Decoding(backend)
-    rows = inputs.attention_mask.shape[0]
+    rows = inputs.rows
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
     for _ in range(max_new_tokens):

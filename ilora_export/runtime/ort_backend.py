@@ -2,8 +2,10 @@
 
 By default the expert bank is folded into the decoder session when it is created and each group of
 adapters fused into its base projections (``bank_mode``, below); with ``bank_mode="input"`` it is
-turned into OrtValues once and bound to every decoder call instead. The KV cache stays in OrtValues
-from one step to the next (IO binding), so it is not copied per token. CPU EP by default,
+turned into OrtValues once and bound to every decoder call instead. The KV cache is one preallocated
+OrtValue per layer and key/value, bound as both the past input and the present output of every call
+(IO binding), so each call writes only its new columns, in place; it grows by ``KV_GROWTH`` columns
+(one copy) when a call needs more. CPU EP by default,
 CUDA EP with ``device="cuda"`` when the installed onnxruntime has it (outputs then stay on the GPU and
 only the logits come back to the host).
 """
@@ -19,7 +21,7 @@ from ilora_export.artifacts.bank import as_graph_inputs
 from ilora_export.artifacts.manifest import BANK, read_bank
 from ilora_export.errors import ExportError, IloraError
 from ilora_export.lazy import ONNX_EXTRA, require
-from ilora_export.runtime.backend import Encoded
+from ilora_export.runtime.backend import Encoded, grown_capacity
 
 
 def import_onnxruntime():
@@ -160,7 +162,8 @@ class OrtBackend:
         )
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
-        self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, past, head_dim)
+        self.present_outputs = [n.replace("past_key_values.", "present.", 1) for n in self.past_inputs]
+        self.kv_shape = self.contract.input(self.past_inputs[0]).axes  # (batch, kv_heads, capacity, head_dim)
         self.bank: dict[str, object] = {}
         if bank_mode == "input":
             self.bank = {
@@ -177,25 +180,35 @@ class OrtBackend:
     def embed(self, token_ids) -> np.ndarray:
         return self.embeddings[token_ids]  # [B, S, H]
 
-    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
+    def _cache(self, state, rows: int, needed: int) -> list:
+        """The KV OrtValues [B, kv, C, d] holding ``needed`` columns: zeros at the prefill, the same values
+        while they have room, else copied into a larger capacity (unwritten columns stay zero: finite)."""
         ort = import_onnxruntime()
-        rows = embeds.shape[0]
-        if state is None:  # prefill: past length 0
-            _, heads, _, head_dim = self.kv_shape
-            empty = np.zeros((rows, heads, 0, head_dim), self.dtype)
-            state = [ort.OrtValue.ortvalue_from_numpy(empty, self.ort_device) for _ in self.past_inputs]
+        _, heads, _, head_dim = self.kv_shape
+        capacity = 0 if state is None else state[0].shape()[2]
+        grown = grown_capacity(capacity, needed)
+        if grown == capacity:
+            return state
+        new = []
+        for i in range(len(self.past_inputs)):
+            buffer = np.zeros((rows, heads, grown, head_dim), self.dtype)  # [B, kv, C, d]
+            if state is not None:
+                buffer[:, :, :capacity] = state[i].numpy()
+            new.append(ort.OrtValue.ortvalue_from_numpy(buffer, self.ort_device))
+        return new
+
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
+        state = self._cache(state, embeds.shape[0], int(cache_position[-1]) + 1)
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, self.dtype))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        binding.bind_cpu_input("cache_position", np.ascontiguousarray(cache_position, np.int64))
+        binding.bind_cpu_input("row_start", np.ascontiguousarray(row_start, np.int64))
         binding.bind_cpu_input("gate_weights", np.ascontiguousarray(gate_weights, self.dtype))
-        for name, value in zip(self.past_inputs, state):
-            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
+        for past, present, value in zip(self.past_inputs, self.present_outputs, state):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)  # the same buffer: the new columns are written in place
         for name, value in self.bank.items():
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name in self.contract.output_names[1:]:
-            binding.bind_output(name, self.ort_device)
         self.decoder.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[0].numpy()[:, -1, :], outputs[1:]  # [B, V] fp32, presents as OrtValues
+        return binding.get_outputs()[0].numpy()[:, -1, :], state  # [B, V] fp32, the cache OrtValues

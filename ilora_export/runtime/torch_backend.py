@@ -9,11 +9,12 @@ import torch
 
 from ilora_export.model.generate import output_cache
 from ilora_export.model.moe_lora import adapters_disabled
-from ilora_export.runtime.backend import Encoded
+from ilora_export.runtime.backend import Encoded, dense_mask, rotary_positions
 
 
 class TorchBackend:
-    """Runs an :class:`~ilora_export.model.ilora.ILoRAModel` eagerly; the state is its Cache object."""
+    """Runs an :class:`~ilora_export.model.ilora.ILoRAModel` eagerly; the state is its (growing) Cache object,
+    fed the dense mask and positions that the decoder graph derives from cache_position and row_start."""
 
     name = "torch"
 
@@ -37,13 +38,13 @@ class TorchBackend:
         return self.model.llm.get_input_embeddings()(self._t(token_ids)).cpu().numpy()  # [B, S, H]
 
     @torch.no_grad()
-    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
         plain = contextlib.nullcontext() if self.adapters else adapters_disabled(self.model.llm)
         with self.model.expert_gate.use(self._t(gate_weights)), plain:
             out = self.model.llm(
                 inputs_embeds=self._t(embeds),
-                attention_mask=self._t(attention_mask),
-                position_ids=self._t(position_ids),
+                attention_mask=self._t(dense_mask(cache_position, row_start)),  # [B, P+S]
+                position_ids=self._t(rotary_positions(cache_position, row_start)),  # [B, S]
                 cache=state,
                 use_cache=True,
                 logits_to_keep=1,

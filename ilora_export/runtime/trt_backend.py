@@ -1,7 +1,8 @@
 """The TensorRT backend for the shared generator (needs TensorRT and a CUDA build of PyTorch).
 
 Device buffers are PyTorch CUDA tensors; one CUDA stream; the bank bound once per context; the KV
-cache preallocated and ping-ponged as :class:`ilora_export.trt.binding.BindingPlan` lays out.
+cache preallocated (capacity fixed per generation) and ping-ponged as
+:class:`ilora_export.trt.binding.BindingPlan` lays out.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class TrtBackend:
                     ctx.set_input_shape(name, tuple(t.shape))
                     ctx.set_tensor_address(name, t.data_ptr())
         sizes = self.plan.buffers()
-        self.kv = {
-            n: [torch.empty(sizes[f"{n}#{i}"], dtype=tdtype, device="cuda") for i in (0, 1)]
+        self.kv = {  # zeroed: columns a call has not written yet are masked, but must be finite
+            n: [torch.zeros(sizes[f"{n}#{i}"], dtype=tdtype, device="cuda") for i in (0, 1)]
             for n in self.plan.past_names
         }
         self.logits = torch.empty(sizes["logits"], dtype=torch.float32, device="cuda")
@@ -99,16 +100,16 @@ class TrtBackend:
     def embed(self, token_ids) -> np.ndarray:
         return self.embeddings[token_ids]
 
-    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
         torch = self.torch
-        index, past = state if state is not None else (0, 0)
         b, s = embeds.shape[:2]
-        bind = self.plan.step(index, b, s, past)
+        index, capacity = state if state is not None else (0, self.plan.capacity(s))
+        bind = self.plan.step(index, b, s, capacity, int(cache_position[-1]) + 1)
         ctx = self.contexts[bind.profile]
         dev = {
             "inputs_embeds": torch.from_numpy(np.ascontiguousarray(embeds, self.dtype)).cuda(),
-            "attention_mask": torch.from_numpy(np.ascontiguousarray(attention_mask, np.int64)).cuda(),
-            "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids, np.int64)).cuda(),
+            "cache_position": torch.from_numpy(np.ascontiguousarray(cache_position, np.int64)).cuda(),
+            "row_start": torch.from_numpy(np.ascontiguousarray(row_start, np.int64)).cuda(),
             "gate_weights": torch.from_numpy(np.ascontiguousarray(gate_weights, self.dtype)).cuda(),
         }
         for name, t in dev.items():
@@ -116,7 +117,7 @@ class TrtBackend:
             ctx.set_tensor_address(name, t.data_ptr())
         for past_name, present_name in zip(self.plan.past_names, self.plan.present_names):
             read, write = self.kv[past_name][bind.read], self.kv[past_name][bind.write]
-            ctx.set_input_shape(past_name, bind.input_shapes[past_name])
+            ctx.set_input_shape(past_name, bind.cache_shape)
             ctx.set_tensor_address(past_name, read.data_ptr())
             ctx.set_tensor_address(present_name, write.data_ptr())
         ctx.set_tensor_address("logits", self.logits.data_ptr())
@@ -124,4 +125,4 @@ class TrtBackend:
             raise EngineError("TensorRT execution failed (see its log above)", "check the engine limits")
         self.stream.synchronize()
         logits = self.logits[: b * self.plan.vocab].view(b, self.plan.vocab).cpu().numpy()
-        return logits, (index + 1, past + s)
+        return logits, (index + 1, capacity)

@@ -2,9 +2,11 @@
 
 - The expert bank is bound once per execution context and never copied again.
 - The KV cache is preallocated: per layer and per key/value, two flat buffers of
-  ``max_batch * kv_heads * (max_prompt + max_new_tokens) * head_dim`` elements. Step t reads its past
-  from one and writes its present to the other (ping-pong), each as a dense [B, kv, P, d] prefix,
-  so no step copies the cache.
+  ``max_batch * kv_heads * (max_prompt + max_new_tokens) * head_dim`` elements, zeroed once (columns
+  not yet written must hold finite values). A generation fixes its capacity C = prompt + --max-new-tokens
+  at the prefill; every call binds both buffers as [B, kv, C, d]: it reads the past from one and writes
+  the present (the past with this call's columns scattered in) to the other (ping-pong). TensorRT
+  produces the present as a new tensor, so each call copies the cache once inside the engine.
 - Two execution contexts, one per decoder profile: prefill (profile 0) and decode (profile 1).
 """
 
@@ -23,9 +25,8 @@ class StepBinding:
     read: int  # ping-pong buffer holding the past (0 or 1)
     write: int  # buffer receiving the present
     input_shapes: dict[str, tuple[int, ...]]
-    present_shape: tuple[int, ...]
-    past_elems: int
-    present_elems: int
+    cache_shape: tuple[int, ...]  # [B, kv, C, d] of past and present alike
+    cache_elems: int
 
 
 class BindingPlan:
@@ -47,41 +48,44 @@ class BindingPlan:
             "logits": self.limits.max_batch * self.vocab,
         }
 
-    def step(self, index: int, batch: int, seq: int, past: int) -> StepBinding:
-        """The binding of decoder call ``index`` (0 = prefill) for ``batch`` rows, ``seq`` new tokens."""
+    def capacity(self, prompt: int) -> int:
+        """The KV capacity of a generation whose prompt has ``prompt`` tokens."""
+        return prompt + self.limits.max_new_tokens
+
+    def step(self, index: int, batch: int, seq: int, capacity: int, end: int) -> StepBinding:
+        """The binding of decoder call ``index`` (0 = prefill) for ``batch`` rows and ``seq`` new tokens
+        written up to column ``end`` (exclusive) of a cache of ``capacity`` columns."""
         lim = self.limits
         if batch > lim.max_batch:
             raise EngineError(
                 f"batch of {batch} rows exceeds the engines' --max-batch {lim.max_batch}",
                 "lower --batch-size or rebuild with a larger --max-batch",
             )
-        if index == 0 and (past != 0 or seq > lim.max_prompt):
+        if index == 0 and (end != seq or seq > lim.max_prompt):
             raise EngineError(
                 f"prompt of {seq} tokens exceeds the engines' --max-prompt {lim.max_prompt}",
                 "rebuild the engines with a larger --max-prompt",
             )
-        if index > 0 and (seq != 1 or past + 1 > self.max_total):
+        if index > 0 and (seq != 1 or end > capacity or capacity > self.max_total):
             raise EngineError(
-                f"decode step beyond --max-prompt + --max-new-tokens ({self.max_total})",
-                "rebuild the engines with larger limits",
+                f"decode step beyond the prompt + --max-new-tokens {lim.max_new_tokens} the engines were built for",
+                "rebuild the engines with a larger --max-new-tokens",
             )
-        kv = (batch, self.kv_heads, past, self.head_dim)
+        cache = (batch, self.kv_heads, capacity, self.head_dim)
         shapes = {
             "inputs_embeds": (batch, seq, self.hidden),
-            "attention_mask": (batch, past + seq),
-            "position_ids": (batch, seq),
+            "cache_position": (seq,),
+            "row_start": (batch,),
             "gate_weights": (batch, self.num_experts),
-            **{n: kv for n in self.past_names},
+            **{n: cache for n in self.past_names},
             **self.bank,
         }
-        present = (batch, self.kv_heads, past + seq, self.head_dim)
         read = index % 2
         return StepBinding(
             profile=0 if index == 0 else 1,
             read=read,
             write=1 - read,
             input_shapes=shapes,
-            present_shape=present,
-            past_elems=batch * self.kv_heads * past * self.head_dim,
-            present_elems=batch * self.kv_heads * (past + seq) * self.head_dim,
+            cache_shape=cache,
+            cache_elems=batch * self.kv_heads * capacity * self.head_dim,
         )

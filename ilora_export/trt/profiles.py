@@ -1,8 +1,9 @@
 """Optimization profiles derived from an export's manifest and the user's limits (TensorRT-free).
 
-The decoder gets two profiles: prefill (past length 0, the prompt at once) and decode (one token,
-past up to prompt + new tokens). Fixed axes (hidden size, heads, the expert bank) are pinned to the
-contract's sizes; named axes are resolved from the limits.
+The decoder gets two profiles over its preallocated KV cache: prefill (the prompt at once) and
+decode (one token); in both the cache's capacity reaches prompt + new tokens. Fixed axes (hidden
+size, heads, the expert bank) are pinned to the contract's sizes; named axes are resolved from the
+limits.
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ def decoder_profiles(info, limits: Limits) -> dict[str, dict[str, tuple[Shape, S
     contract = info.decoder
     prefill = _profile(
         contract,
-        {"batch": 1, "sequence": 1, "past_sequence": 0, "total_sequence": 1},
-        {"batch": ob, "sequence": op, "past_sequence": 0, "total_sequence": op},
-        {"batch": b, "sequence": p, "past_sequence": 0, "total_sequence": p},
+        {"batch": 1, "sequence": 1, "capacity": 1},
+        {"batch": ob, "sequence": op, "capacity": op + n},
+        {"batch": b, "sequence": p, "capacity": p + n},
     )
     decode = _profile(
         contract,
-        {"batch": 1, "sequence": 1, "past_sequence": 1, "total_sequence": 2},
-        {"batch": ob, "sequence": 1, "past_sequence": op + n // 2, "total_sequence": op + n // 2 + 1},
-        {"batch": b, "sequence": 1, "past_sequence": p + n - 1, "total_sequence": p + n},
+        {"batch": 1, "sequence": 1, "capacity": 2},
+        {"batch": ob, "sequence": 1, "capacity": op + n},
+        {"batch": b, "sequence": 1, "capacity": p + n},
     )
     return {"prefill": prefill, "decode": decode}
 

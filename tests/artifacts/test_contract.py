@@ -71,7 +71,7 @@ def test_declared_decoder_inputs_bank_vs_baked(dtype):
     baked = decoder_contract(shape, dtype, bake_experts=True)
     past = [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     assert past_names(3) == past
-    assert baked.input_names == ["inputs_embeds", "attention_mask", "position_ids", "gate_weights", *past]
+    assert baked.input_names == ["inputs_embeds", "cache_position", "row_start", "gate_weights", *past]
     # the bank follows, by projection name, each projection's A before its B
     order = [f"bank.{ab}.{p}" for p in sorted(PROJECTIONS) for ab in ("lora_A", "lora_B")]
     assert bank.input_names == baked.input_names + order
@@ -82,12 +82,13 @@ def test_declared_decoder_inputs_bank_vs_baked(dtype):
     assert bank.output_names == ["logits", *[f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]]
     assert baked.input("inputs_embeds").axes == ("batch", "sequence", 24)
     assert baked.input("gate_weights").axes == ("batch", 5)
-    assert baked.input("past_key_values.2.value").axes == ("batch", 2, "past_sequence", 6)
+    assert baked.input("past_key_values.2.value").axes == ("batch", 2, "capacity", 6)
+    assert baked.input("cache_position").axes == ("sequence",) and baked.input("row_start").axes == ("batch",)
     assert bank.outputs[0] == TensorSpec("logits", "float32", ("batch", 1, 101))  # fp32 whatever the dtype
-    assert bank.outputs[1].axes == ("batch", 2, "total_sequence", 6)
-    floats = [t for t in bank.inputs + bank.outputs[1:] if t.name not in ("attention_mask", "position_ids")]
+    assert bank.outputs[1].axes == ("batch", 2, "capacity", 6)  # the present is the past's own shape
+    floats = [t for t in bank.inputs + bank.outputs[1:] if t.name not in ("cache_position", "row_start")]
     assert {t.dtype for t in floats} == {dtype}
-    assert bank.input("attention_mask").dtype == bank.input("position_ids").dtype == "int64"
+    assert bank.input("cache_position").dtype == bank.input("row_start").dtype == "int64"
     assert bank.tolerance == baked.tolerance == {"logits": LOGITS_ATOL[dtype]}
 
 
@@ -179,10 +180,9 @@ def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, ses
         _with_input(decoder, "gate_weights", axes=("batch", 5)).check_session(session)
     with pytest.raises(
         ExportError,
-        match=r"input position_ids has shape \['batch', 'sequence'\], "
-        r"the contract says \['batch', 'sequence', 1\]",
+        match=r"input row_start has shape \['batch'\], the contract says \['batch', 1\]",
     ):
-        _with_input(decoder, "position_ids", axes=("batch", "sequence", 1)).check_session(session)
+        _with_input(decoder, "row_start", axes=("batch", 1)).check_session(session)
     reordered = replace(decoder, inputs=tuple(reversed(decoder.inputs)))
     with pytest.raises(ExportError, match=r"graph inputs differ .*\(the same names in another order: "):
         reordered.check_session(session)

@@ -94,8 +94,17 @@ def test_hand_edited_manifest_is_refused_naming_the_key(copy, change, message):
 
 def test_manifest_that_is_not_an_object_is_refused(copy):
     (copy / MANIFEST).write_text("[1, 2]")
-    with pytest.raises(ExportError, match="not an ilora-export/onnx v1 manifest"):
+    with pytest.raises(ExportError, match="not an ilora-export/onnx v2 manifest"):
         read_manifest(copy)
+
+
+def test_an_export_of_the_previous_format_is_refused_with_its_reason(copy):
+    """v1 exports have the decoder that grows its cache by Concat; this version cannot drive them."""
+    manifest = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps(manifest | {"format_version": 1}))
+    with pytest.raises(ExportError, match="an ilora-export/onnx v1 export; this version reads v2") as err:
+        read_manifest(copy)
+    assert "KV-cache interface changed" in err.value.message and "ilora-export onnx" in err.value.hint
 
 
 def test_unedited_manifest_still_loads(tiny_export):

@@ -84,13 +84,13 @@ def test_worker_times_the_generators_decode_step(tiny_llama_dir):
     assert timer.decode_ms(past=6, steps=3) > 0
     calls = backend.calls
     assert len(calls) == 4 and calls[0].state_in is None and calls[0].embeds.shape[:2] == (1, 6)
-    assert calls[0].position_ids.tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert calls[0].cache_position.tolist() == [0, 1, 2, 3, 4, 5] and calls[0].row_start.tolist() == [0]
     for k, (before, call) in enumerate(zip(calls, calls[1:]), start=1):
         assert call.state_in is before.state_out
-        assert call.attention_mask.tolist() == [[1] * (6 + k)] and call.position_ids.tolist() == [[5 + k]]
+        assert call.cache_position.tolist() == [5 + k] and call.row_start.tolist() == [0]
         np.testing.assert_array_equal(call.embeds, backend.embed(before.logits.argmax(-1)[:, None]))
     whole = np.concatenate([c.embeds for c in calls], axis=1)  # [1, 9, H]
-    logits, _ = TorchBackend(model).step(whole, np.ones((1, 9), np.int64), np.arange(9)[None], timer.gate, None)
+    logits, _ = TorchBackend(model).step(whole, np.arange(9), np.zeros(1, np.int64), timer.gate, None)
     np.testing.assert_allclose(logits, calls[-1].logits, atol=1e-4, rtol=0)
 
 

@@ -42,41 +42,55 @@ def test_contract_names(exported):
 
 @pytest.mark.parametrize("rows", [1, 3], ids=["batch-1", "left-padded-batch"])
 def test_prefill_then_decode_match_pytorch(exported, rows):
+    """Prefill (past 0) and two decode steps (past > 0) on a preallocated cache equal one plain PyTorch
+    forward over the whole sequence, row by row, with prompts of three lengths in one batch."""
     model, wrapper, c, session = exported
     cfg = model.llm.config
     kv, hd = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])[:rows]
-    embeds = torch.randn(rows, 6, cfg.hidden_size)
+    prompt = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])[:rows]  # left-padded
+    mask = torch.cat([prompt, torch.ones(rows, 2, dtype=torch.long)], 1)  # [B, 8]: the prompt, then 2 tokens
+    embeds = torch.randn(rows, 8, cfg.hidden_size)
     gate = torch.softmax(torch.randn(rows, 4), -1)
-    empty = [torch.zeros(rows, kv, 0, hd) for _ in range(2 * cfg.num_hidden_layers)]  # past length 0
-    prefill = (embeds, mask, positions_from_mask(mask), gate, *empty, *wrapper.bank_inputs())
-    with torch.no_grad():
-        ref = wrapper(*prefill)
-        with model.expert_gate.use(gate):  # the wrapper is the model itself: compare with a plain forward
-            plain = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
-    torch.testing.assert_close(ref[0][:, -1], plain[:, -1], rtol=1e-5, atol=1e-5)
-    got = _run(session, c, prefill)
-    assert np.abs(got[0] - ref[0].numpy()).max() <= 1e-4
-    assert (got[0].argmax(-1) == ref[0].numpy().argmax(-1)).all()
-    # two decode steps on the presents (past > 0)
-    past = [torch.from_numpy(p) for p in got[1:]]
-    for step in range(2):
-        mask = torch.cat([mask, torch.ones(rows, 1, dtype=torch.long)], 1)
-        args = (
-            torch.randn(rows, 1, cfg.hidden_size),
-            mask,
-            positions_from_mask(mask)[:, -1:],
-            gate,
-            *past,
-            *wrapper.bank_inputs(),
-        )
+    with torch.no_grad(), model.expert_gate.use(gate):  # reference: no cache at all
+        plain = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    start = 6 - prompt.sum(1)  # [B] each row's left padding
+    capacity = 11  # more columns than the 8 written: the rest must stay masked and untouched
+    cache = [torch.zeros(rows, kv, capacity, hd) for _ in range(2 * cfg.num_hidden_layers)]
+    columns = [torch.arange(6), torch.tensor([6]), torch.tensor([7])]
+    for step, cols in enumerate(columns):
+        args = (embeds[:, cols], cols, start, gate, *cache, *wrapper.bank_inputs())
         with torch.no_grad():
-            ref_step = wrapper(*args)
-        got_step = _run(session, c, args)
-        assert np.abs(got_step[0] - ref_step[0].numpy()).max() <= 1e-4
-        assert (got_step[0].argmax(-1) == ref_step[0].numpy().argmax(-1)).all()
-        assert got_step[1].shape[2] == 7 + step
-        past = [torch.from_numpy(p) for p in got_step[1:]]
+            ref = wrapper(*args)
+        got = _run(session, c, args)
+        last = int(cols[-1])
+        torch.testing.assert_close(ref[0][:, -1], plain[:, last], rtol=1e-5, atol=1e-5)
+        assert np.abs(got[0][:, -1] - plain[:, last].numpy()).max() <= 1e-4, step
+        assert (got[0].argmax(-1) == ref[0].numpy().argmax(-1)).all()
+        for g, r in zip(got[1:], ref[1:]):
+            assert g.shape == (rows, kv, capacity, hd)
+            assert np.abs(g - r.numpy()).max() <= 1e-4
+            assert not g[:, :, last + 1 :].any()  # columns beyond this call's are not written
+        cache = [torch.from_numpy(p) for p in got[1:]]
+
+
+def test_cache_inputs_are_only_scattered_into(exported):
+    """Each past tensor is read by one ScatterND (and at most a Shape) whose output is the present itself:
+    what makes binding past and present to one buffer (an in-place update) equal to the graph's meaning."""
+    import onnx
+
+    _, _, c, session = exported
+    graph = onnx.load(session._model_path, load_external_data=False).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producer = {out: node for node in graph.node for out in node.output}
+    for name in [n for n in c.input_names if n.startswith("past_key_values.")]:
+        reads = [n for n in consumers[name] if n.op_type != "Shape"]
+        assert [n.op_type for n in reads] == ["ScatterND"], name
+        present = name.replace("past_key_values.", "present.")
+        assert producer[present] is reads[0], name
+    assert "Concat" not in {producer[n].op_type for n in c.output_names}
 
 
 def test_another_expert_bank_changes_ort_exactly_as_pytorch(exported):

@@ -44,7 +44,7 @@ def test_validation_sees_the_logits_generation_computes(loaded):
     greedy_generate(generated, batch, assets.stop_rule(), assets.token_ids, max_new_tokens=4)
     assert len(generated.calls) == 4
     for validated, again, made in zip(reference.calls, candidate.calls, generated.calls):
-        for field in ("embeds", "attention_mask", "position_ids", "gate_weights", "logits"):
+        for field in ("embeds", "cache_position", "row_start", "gate_weights", "logits"):
             np.testing.assert_array_equal(getattr(validated, field), getattr(made, field), err_msg=field)
             np.testing.assert_array_equal(getattr(again, field), getattr(made, field), err_msg=field)
 
@@ -52,8 +52,8 @@ def test_validation_sees_the_logits_generation_computes(loaded):
 class _ShiftedDecode(RecordingBackend):
     """Places every decoded token one position too far (prefill untouched)."""
 
-    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
-        return super().step(embeds, attention_mask, position_ids + (state is not None), gate_weights, state)
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
+        return super().step(embeds, cache_position + (state is not None), row_start, gate_weights, state)
 
 
 def test_a_wrong_decode_step_is_refused(loaded):

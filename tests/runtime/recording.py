@@ -11,8 +11,8 @@ import numpy as np
 @dataclass
 class Call:
     embeds: np.ndarray  # [B, S, H]
-    attention_mask: np.ndarray  # [B, P+S]
-    position_ids: np.ndarray  # [B, S]
+    cache_position: np.ndarray  # [S]
+    row_start: np.ndarray  # [B]
     gate_weights: np.ndarray  # [B, K]
     state_in: Any
     state_out: Any
@@ -32,13 +32,13 @@ class RecordingBackend:
     def embed(self, token_ids):
         return self.inner.embed(token_ids)
 
-    def step(self, embeds, attention_mask, position_ids, gate_weights, state):
-        logits, out = self.inner.step(embeds, attention_mask, position_ids, gate_weights, state)
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
+        logits, out = self.inner.step(embeds, cache_position, row_start, gate_weights, state)
         self.calls.append(
             Call(
                 embeds.copy(),
-                attention_mask.copy(),
-                position_ids.copy(),
+                cache_position.copy(),
+                row_start.copy(),
                 gate_weights.copy(),
                 state,
                 out,

@@ -8,7 +8,8 @@ import pytest
 from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
-from ilora_export.runtime.generator import assemble_prompt, greedy_generate, positions_from_mask
+from ilora_export.runtime.backend import KV_GROWTH
+from ilora_export.runtime.generator import StepInputs, assemble_prompt, greedy_generate
 from ilora_export.runtime.load import checkpoint_assets, load_export
 from ilora_export.runtime.torch_backend import TorchBackend
 
@@ -81,22 +82,27 @@ def test_token_embeddings_are_the_checkpoint_rows(backends, batches):
 
 
 def test_prefill_and_decode_logits_agree(backends, batches, info):
-    """The same inputs into every backend: the prompt, then three tokens the reference picked."""
+    """The same inputs into every backend: the prompt, then tokens the reference picked, for more steps
+    than the KV capacity the ORT backends allocate at the prefill (so their cache grows once)."""
     batch = batches["torch"]
     token_ids = backends["torch"][1].token_ids
-    mask0 = batch.attention_mask.numpy().astype(np.int64)
+    steps_n = KV_GROWTH + 3
     logits = {}
     for name, (backend, _) in backends.items():
         embeds, gate, _ = assemble_prompt(backend, batch, token_ids)
-        mask, positions, state, steps = mask0, positions_from_mask(mask0), None, []
-        for k in range(4):
-            out, state = backend.step(embeds, mask, positions, gate, state)  # [B, V]
+        inputs = StepInputs.prefill(embeds, batch.attention_mask.numpy(), gate)
+        state, steps, capacities = None, [], set()
+        for k in range(steps_n):
+            out, state = backend.step(inputs.embeds, inputs.cache_position, inputs.row_start, gate, state)  # [B, V]
             steps.append(out)
+            if name != "torch":
+                capacities.add(state[0].shape()[2])
             ref_next = logits["torch"][k].argmax(-1) if name != "torch" else out.argmax(-1)  # [B]
-            embeds = backend.embed(ref_next[:, None].astype(np.int64))  # [B, 1, H]
-            mask = np.concatenate([mask, np.ones((ROWS, 1), np.int64)], axis=1)
-            positions = positions[:, -1:] + 1
+            inputs = inputs.then(backend.embed(ref_next[:, None].astype(np.int64)))  # [B, 1, H]
         logits[name] = steps
+        if name != "torch":
+            prompt = embeds.shape[1]
+            assert capacities == {prompt + KV_GROWTH, prompt + KV_GROWTH + 1 + KV_GROWTH}, name  # grown once
     for name in ("ort-fused", "ort-folded", "ort-input"):
         for k, (got, ref) in enumerate(zip(logits[name], logits["torch"])):
             assert got.shape == ref.shape == (ROWS, info.shape.vocab_size)

@@ -7,7 +7,7 @@ import pytest
 
 from ilora_export.artifacts.bank import as_graph_inputs, is_bank_input
 from ilora_export.artifacts.manifest import BANK, read_bank
-from ilora_export.runtime.generator import positions_from_mask
+from ilora_export.runtime.generator import Decoding, StepInputs
 from ilora_export.runtime.load import load_export
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e .[test])")
@@ -61,15 +61,12 @@ def test_fused_sessions_match_the_unfused_graph(tiny_export):
 
     def run(mode):
         be = OrtBackend(export, threads=1, bank_mode=mode)
-        m = mask
-        logits, state = be.step(be.embed(ids), m, positions_from_mask(m), gate, None)
-        steps = [logits]
+        decoding = Decoding(be)
+        inputs = StepInputs.prefill(be.embed(ids), mask, gate)
+        steps = [decoding.step(inputs)]
         for _ in range(2):  # decode on the model's own greedy tokens
-            m = np.concatenate([m, np.ones((2, 1), m.dtype)], 1)
-            logits, state = be.step(
-                be.embed(logits.argmax(-1)[:, None]), m, positions_from_mask(m)[:, -1:], gate, state
-            )
-            steps.append(logits)
+            inputs = decoding.next_inputs(inputs, steps[-1].argmax(-1))
+            steps.append(decoding.step(inputs))
         return steps
 
     plain = run("folded")  # no load-time fusion at all

@@ -7,6 +7,7 @@ from ilora_export.data.llara import load_dataset
 from ilora_export.data.prompts import default_templates
 from ilora_export.model.generate import StopRule
 from ilora_export.model.prompting import PromptBuilder
+from ilora_export.runtime.backend import dense_mask, rotary_positions
 from ilora_export.runtime.generator import Decoding, StepInputs, greedy_generate, prompt_inputs
 from ilora_export.runtime.torch_backend import TorchBackend
 from tests.factories import make_tiny_ilora
@@ -78,15 +79,26 @@ def test_step_inputs_grow_one_token_per_row_under_left_padding():
     mask = np.array([[0, 0, 1, 1], [1, 1, 1, 1]])
     embeds, gate = np.zeros((2, 4, 3), np.float32), np.full((2, 2), 0.5, np.float32)
     first = StepInputs.prefill(embeds, mask, gate)
-    assert first.attention_mask.dtype == first.position_ids.dtype == np.int64
-    assert first.position_ids.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    assert first.cache_position.dtype == first.row_start.dtype == np.int64
+    assert first.cache_position.tolist() == [0, 1, 2, 3] and first.row_start.tolist() == [2, 0]
+    assert rotary_positions(first.cache_position, first.row_start).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
     second = first.then(np.ones((2, 1, 3), np.float32))
     third = second.then(np.ones((2, 1, 3), np.float32))
-    assert third.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
-    assert second.position_ids.tolist() == [[2], [4]] and third.position_ids.tolist() == [[3], [5]]
-    assert third.gate_weights is gate
+    assert second.cache_position.tolist() == [4] and third.cache_position.tolist() == [5]
+    assert dense_mask(third.cache_position, third.row_start).tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    assert rotary_positions(second.cache_position, second.row_start).tolist() == [[2], [4]]
+    assert rotary_positions(third.cache_position, third.row_start).tolist() == [[3], [5]]
+    assert third.gate_weights is gate and third.row_start is first.row_start
     half = third.astype(np.float16)
-    assert half.embeds.dtype == half.gate_weights.dtype == np.float16 and half.attention_mask is third.attention_mask
+    assert half.embeds.dtype == half.gate_weights.dtype == np.float16 and half.cache_position is third.cache_position
+
+
+def test_step_inputs_refuse_a_batch_that_is_not_left_padded():
+    embeds, gate = np.zeros((2, 4, 3), np.float32), np.full((2, 2), 0.5, np.float32)
+    with pytest.raises(ValueError, match="left-padded"):
+        StepInputs.prefill(embeds, np.array([[1, 1, 0, 0], [1, 1, 1, 1]]), gate)  # right padding
+    with pytest.raises(ValueError, match="left-padded"):
+        StepInputs.prefill(embeds, np.array([[0, 1, 0, 1], [1, 1, 1, 1]]), gate)  # a hole
 
 
 def test_cached_decode_logits_equal_a_full_recompute(setup):
@@ -99,7 +111,8 @@ def test_cached_decode_logits_equal_a_full_recompute(setup):
     embeds = [inputs.embeds]  # [B, S, H], then [B, 1, H] per step
     for _ in range(4):
         cached = decoding.step(inputs)  # [B, V]
-        whole = StepInputs.prefill(np.concatenate(embeds, axis=1), inputs.attention_mask, inputs.gate_weights)
+        mask = dense_mask(inputs.cache_position, inputs.row_start)  # [B, P+S]
+        whole = StepInputs.prefill(np.concatenate(embeds, axis=1), mask, inputs.gate_weights)
         np.testing.assert_allclose(Decoding(backend).step(whole), cached, atol=1e-4, rtol=0)
         inputs = decoding.next_inputs(inputs, cached.argmax(-1))
         embeds.append(inputs.embeds)
@@ -112,11 +125,14 @@ def test_greedy_generate_decodes_through_the_shared_step(setup):
     gen = greedy_generate(backend, batch, stop, model.token_ids, 5)
     calls = backend.calls
     mask = batch.attention_mask.numpy()
-    assert calls[0].state_in is None and calls[0].attention_mask.tolist() == mask.tolist()
+    assert calls[0].state_in is None and calls[0].cache_position.tolist() == list(range(mask.shape[1]))
+    assert calls[0].row_start.tolist() == (mask.shape[1] - mask.sum(1)).tolist()
     for k, (before, call) in enumerate(zip(calls, calls[1:]), start=1):
         assert call.state_in is before.state_out  # the cache carried from call to call
-        assert call.attention_mask.shape == (3, mask.shape[1] + k) and (call.attention_mask[:, -k:] == 1).all()
-        assert call.position_ids.tolist() == (mask.sum(1, keepdims=True) - 1 + k).tolist()
+        assert call.cache_position.tolist() == [mask.shape[1] - 1 + k]  # the next column
+        assert call.row_start.tolist() == calls[0].row_start.tolist()
+        positions = rotary_positions(call.cache_position, call.row_start)
+        assert positions.tolist() == (mask.sum(1, keepdims=True) - 1 + k).tolist()
         np.testing.assert_array_equal(
             call.embeds,
             model.llm.get_input_embeddings()(torch.from_numpy(before.logits.argmax(-1)[:, None])).detach().numpy(),

@@ -30,11 +30,12 @@ def test_profiles_follow_manifest_and_limits(tiny_export):
     prefill, decode = p["decoder"]["prefill"], p["decoder"]["decode"]
     assert list(p["decoder"]) == ["prefill", "decode"]  # profile 0 prefill, 1 decode
     assert prefill["inputs_embeds"] == ((1, 1, 64), (2, 150, 64), (4, 300, 64))
-    assert prefill["past_key_values.0.key"] == ((1, 2, 0, 16), (2, 2, 0, 16), (4, 2, 0, 16))  # past 0
-    assert prefill["attention_mask"][2] == (4, 300)
+    # the cache's capacity reaches prompt + new tokens in both profiles
+    assert prefill["past_key_values.0.key"] == ((1, 2, 1, 16), (2, 2, 166, 16), (4, 2, 316, 16))
+    assert prefill["cache_position"] == ((1,), (150,), (300,)) and prefill["row_start"][2] == (4,)
     assert decode["inputs_embeds"][0][1] == decode["inputs_embeds"][2][1] == 1  # one token
-    assert decode["past_key_values.1.value"][2] == (4, 2, 315, 16)  # prompt + new tokens - 1
-    assert decode["attention_mask"][2] == (4, 316)
+    assert decode["past_key_values.1.value"][2] == (4, 2, 316, 16)
+    assert decode["cache_position"] == ((1,), (1,), (1,))
     for profile in (prefill, decode):  # the expert bank is fixed: min = opt = max = its stacked shape
         assert profile["bank.lora_A.q_proj"] == ((2, 64, 8),) * 3  # A^T: [L, in, r]
         assert set(profile) == set(info.decoder.input_names)
@@ -64,20 +65,23 @@ def test_binding_plan_ping_pongs_a_preallocated_cache(tiny_export):
     sizes = plan.buffers()
     assert set(sizes) == {f"{n}#{i}" for n in plan.past_names for i in (0, 1)} | {"logits"}
     assert sizes["past_key_values.0.key#0"] == 4 * 2 * 316 * 16
-    steps = [plan.step(0, 3, 280, 0)] + [plan.step(i, 3, 1, 279 + i) for i in range(1, 17)]
+    capacity = plan.capacity(280)
+    assert capacity == 296
+    steps = [plan.step(0, 3, 280, capacity, 280)] + [plan.step(i, 3, 1, capacity, 280 + i) for i in range(1, 17)]
     assert steps[0].profile == 0 and all(s.profile == 1 for s in steps[1:])
     for prev, cur in zip(steps, steps[1:]):
-        assert cur.read == prev.write and cur.write != cur.read  # the present becomes the next past, no copy
-        assert cur.past_elems == prev.present_elems
-    assert all(s.present_elems <= sizes["past_key_values.0.key#0"] for s in steps)
-    assert steps[-1].input_shapes["attention_mask"] == (3, 296)
+        assert cur.read == prev.write and cur.write != cur.read  # the present becomes the next past
+        assert cur.cache_shape == prev.cache_shape == (3, 2, 296, 16)  # one capacity for the whole generation
+    assert all(s.cache_elems <= sizes["past_key_values.0.key#0"] for s in steps)
+    assert steps[-1].input_shapes["cache_position"] == (1,) and steps[0].input_shapes["cache_position"] == (280,)
+    assert steps[-1].input_shapes["row_start"] == (3,)
     assert steps[0].input_shapes["bank.lora_B.v_proj"] == (2, 8, 32)  # B^T, bound once, same every step
     with pytest.raises(EngineError, match="--max-prompt"):
-        plan.step(0, 1, 301, 0)
+        plan.step(0, 1, 301, plan.capacity(301), 301)
     with pytest.raises(EngineError, match="--max-batch"):
-        plan.step(1, 5, 1, 10)
+        plan.step(1, 5, 1, capacity, 10)
     with pytest.raises(EngineError, match="--max-new-tokens"):
-        plan.step(20, 1, 1, 316)
+        plan.step(17, 1, 1, capacity, 297)
 
 
 def test_engine_built_elsewhere_is_refused():
