@@ -121,3 +121,29 @@ def test_greedy_answers_are_identical(backends, batches):
     for name in ORT_MODES:
         assert answers[f"ort-{name}"][1] == tokens, name
         assert answers[f"ort-{name}"][0] == texts and answers[f"ort-{name}"][2] == picks, name
+
+
+@pytest.mark.parametrize("name", ["torch", "ort-fused"])
+def test_answers_do_not_depend_on_batch_size_or_composition(backends, toy_data_dir, name):
+    """Every row's generated tokens are the same alone (batch 1), in batches of 8 in the set's order (mixed
+    prompt lengths, so rows sit beside other rows and under other amounts of left padding) and in batches of
+    8 sorted by prompt length (as evaluation buckets them)."""
+    backend, assets = backends[name]
+    rows = build_eval_set(load_dataset(toy_data_dir), "test", seed=0).rows[:16]
+    builder, stop = assets.prompt_builder(), assets.stop_rule()
+    examples = [builder.encode(r.seq, r.len_seq, r.candidates) for r in rows]
+
+    def tokens(groups):
+        out = {}
+        for idx in groups:
+            gen = greedy_generate(backend, builder.collate([examples[i] for i in idx]), stop, assets.token_ids, 8)
+            out |= dict(zip(idx, gen.tokens))
+        return [out[i] for i in range(len(rows))]
+
+    by_length = sorted(range(len(rows)), key=lambda i: len(examples[i].input_ids))
+    alone = tokens([[i] for i in range(len(rows))])
+    in_order = tokens([list(range(s, min(s + 8, len(rows)))) for s in range(0, len(rows), 8)])
+    bucketed = tokens([by_length[s : s + 8] for s in range(0, len(rows), 8)])
+    assert len({len(e.input_ids) for e in examples[:8]}) > 1  # the in-order batches do mix prompt lengths
+    assert len({tuple(t) for t in alone}) > 1  # varied answers, not one repeated string
+    assert in_order == alone and bucketed == alone
