@@ -1,16 +1,18 @@
 """Peers on the plain base model, side by side with our plain-model ORT path, in one run.
 
     python benchmarks/peers.py --plain-export benchmarks/results/lastfm-smollm2/exports/plain \
-        --data ../shared/ilora-ref/data/lastfm --threads 2 -o benchmarks/results/lastfm-smollm2
+        --threads 2 -o benchmarks/results/lastfm-smollm2
 
 The peers need their own environments (the optimum-onnx exporter requires transformers < 4.58, the
 onnxruntime-genai 0.18 model builder transformers 5): created once with pip in
 benchmarks/.peers-venv-optimum and benchmarks/.peers-venv-genai.
 Rows, all at batch 1 with the same protocol
-(random ordinary tokens, one warm-up, medians of --repeats):
+(one warm-up, medians of --repeats):
 - ours: the plain base model exported by `ilora-export` (`ilora-export bench` makes it), in ORT;
-- optimum-onnx `text-generation-with-past` export, run in ORT with its KV cache;
-- the onnxruntime-genai model builder export (fp32 and int4), run with its own generator.
+- optimum-onnx `text-generation-with-past` export, run in ORT with its KV cache (its own random tokens);
+- the onnxruntime-genai model builder export (fp32 and int4), run with its own generator
+  (``ilora_export/bench/peer_genai.py``, the peer `ilora-export bench --peer genai` pairs with ours),
+  on the same random token ids as ours.
 Writes peers.json and peers.md.
 """
 
@@ -20,41 +22,16 @@ import argparse
 import json
 import os
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# optimum-onnx needs transformers < 4.58; the onnxruntime-genai 0.18 builder needs transformers 5: two venvs
-PEER_VENVS = {
-    "optimum": ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime", "numpy"],
-    "genai": [
-        "torch==2.13.0",
-        "transformers>=5,<6",
-        "onnxruntime-genai==0.18.0",
-        "onnx",
-        "onnx-ir",
-        "onnxruntime",
-        "numpy",
-    ],
-}
-
-
-def ensure_venv(venv: Path, packages: list[str]) -> Path:
-    python = venv / "bin" / "python"
-    stamp = venv / ".installed"
-    if not stamp.is_file() or stamp.read_text() != "\n".join(packages):
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
-        stamp.write_text("\n".join(packages))
-    return python
+# optimum-onnx needs transformers < 4.58 (the genai peer's environment, transformers 5, is the package's)
+OPTIMUM_PACKAGES = ["torch==2.13.0", "transformers>=4.50,<4.58", "optimum-onnx==0.1.0", "onnx", "onnxruntime", "numpy"]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plain-export", required=True, help="our plain-model export (ilora-export bench makes it)")
-    ap.add_argument("--data", required=True)
     ap.add_argument("--base-model", default=None, help="HF folder of the base model (default: the embedded one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
@@ -66,69 +43,75 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from ilora_export.base.fetch import resolve_base_model
+    from ilora_export.bench.peers import (
+        PEER_PACKAGES,
+        PEER_SCRIPTS,
+        base_vocab_size,
+        draw_token_ids,
+        ensure_venv,
+        run_peer,
+    )
+    from ilora_export.bench.worker import run_worker
+    from ilora_export.errors import IloraError
 
     base = resolve_base_model(args.base_model)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     lengths = [int(x) for x in args.lengths.split(",")]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+    *prompts, past = draw_token_ids(base_vocab_size(base), [*lengths, args.decode_past])
+    timing = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "prompts": prompts,
+        "decode_prompt": past,
+        "decode_steps": args.decode_steps,
+    }
+    work = Path(args.venv).parent / ".peers-work"
 
     # ours first, then the peers, one after the other on the same machine
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = {
-            "backend": "ort",
-            "target": args.plain_export,
-            "data": args.data,
-            "split": "test",
-            "limit": 1,
-            "threads": args.threads,
-            "repeats": args.repeats,
-            "eval_repeats": 1,
-            "prompt_lengths": lengths,
-            "decode_past": args.decode_past,
-            "decode_steps": args.decode_steps,
-            "eval_batch_sizes": [],
-            "num_experts": json.loads((Path(args.plain_export) / "manifest.json").read_text())["adapter"][
-                "num_experts"
-            ],
-        }
-        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        subprocess.run(
-            [sys.executable, "-m", "ilora_export.bench.worker", f"{tmp}/spec.json", f"{tmp}/ours.json"],
-            check=True,
-            env=env,
-        )
-        ours = json.loads((Path(tmp) / "ours.json").read_text())
+    num_experts = json.loads((Path(args.plain_export) / "manifest.json").read_text())["adapter"]["num_experts"]
+    ours = run_worker(
+        timing | {"mode": "ids", "target": args.plain_export, "num_experts": num_experts}, args.threads, "ours"
+    )
     peers = {"rows": {}, "errors": {}}
-    for group, packages in PEER_VENVS.items():
-        python = ensure_venv(Path(f"{args.venv}-{group}"), packages)
-        raw = out / f"peers-raw-{group}.json"
-        work = Path(args.venv).parent / ".peers-work"
-        subprocess.run(
-            [
-                str(python),
-                str(HERE / "peers_inner.py"),
-                str(base),
-                str(work),
-                str(args.threads),
-                str(args.repeats),
-                args.lengths,
-                str(args.decode_past),
-                str(args.decode_steps),
-                str(raw),
-                group,
-            ],
-            check=True,
-            env=env,
-        )
-        part = json.loads(raw.read_text())
-        peers["rows"] |= part["rows"]
-        peers["errors"] |= part["errors"]
+    python = ensure_venv(Path(f"{args.venv}-optimum"), OPTIMUM_PACKAGES)
+    raw = out / "peers-raw-optimum.json"
+    subprocess.run(
+        [
+            str(python),
+            str(HERE / "peers_inner.py"),
+            str(base),
+            str(work),
+            str(args.threads),
+            str(args.repeats),
+            args.lengths,
+            str(args.decode_past),
+            str(args.decode_steps),
+            str(raw),
+        ],
+        check=True,
+        env=env,
+    )
+    part = json.loads(raw.read_text())
+    peers["rows"] |= part["rows"]
+    peers["errors"] |= part["errors"]
+    python = ensure_venv(Path(f"{args.venv}-genai"), PEER_PACKAGES["genai"])
+    for precision in ("fp32", "int4"):
+        name = f"ort-genai {precision}"
+        spec = timing | {"base_model": str(base), "model_dir": str(work / f"genai-{precision}"), "precision": precision}
+        try:  # a peer that fails is reported, not fatal
+            peers["rows"][name] = run_peer(python, PEER_SCRIPTS["genai"], spec, args.threads, name)
+            print(f"{name}: decode {peers['rows'][name]['decode_ms_per_token']['median']:.2f} ms/token", flush=True)
+        except IloraError as err:
+            peers["errors"][name] = str(err)[:500]
+            print(f"{name}: failed: {peers['errors'][name]}", flush=True)
     rows = {"ours: ilora-export plain export, ORT": ours, **peers["rows"]}
     report = {
         "threads": args.threads,
         "repeats": args.repeats,
         "decode_past": args.decode_past,
+        "decode_steps": args.decode_steps,
         "rows": rows,
         "errors": peers["errors"],
         "base_model": str(base),

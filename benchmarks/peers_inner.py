@@ -1,8 +1,9 @@
-"""Runs inside the peers' own virtual environment (created by peers.py): exports the plain base model
-with the peer tools and measures prefill latency by prompt length and decode ms/token at batch 1, with
-the same protocol as ``ilora_export.bench.worker`` (random ordinary tokens, warm-up, medians).
+"""Runs inside the optimum peer's own virtual environment (created by peers.py): exports the plain base
+model with optimum-onnx and measures prefill latency by prompt length and decode ms/token at batch 1, with
+the protocol of ``ilora_export.bench.worker`` (random tokens, warm-up, medians). The onnxruntime-genai
+peer is ``ilora_export/bench/peer_genai.py``.
 
-    python peers_inner.py BASE_DIR WORK_DIR THREADS REPEATS LENGTHS DECODE_PAST DECODE_STEPS OUT.json optimum|genai
+    python peers_inner.py BASE_DIR WORK_DIR THREADS REPEATS LENGTHS DECODE_PAST DECODE_STEPS OUT.json
 """
 
 from __future__ import annotations
@@ -91,82 +92,15 @@ def measure(run, rng, repeats, lengths, past, steps):
     return res
 
 
-def genai_row(base, work, threads, repeats, lengths, past, steps, precision):
-    import onnxruntime_genai as og
-
-    out = work / f"genai-{precision}"
-    if not (out / "genai_config.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "onnxruntime_genai.models.builder",
-                "-i",
-                str(base),
-                "-o",
-                str(out),
-                "-p",
-                precision,
-                "-e",
-                "cpu",
-                "-c",
-                str(work / "genai-cache"),
-            ],
-            check=True,
-        )
-    cfg = json.loads((out / "genai_config.json").read_text())
-    opts = cfg["model"]["decoder"].setdefault("session_options", {})
-    opts["intra_op_num_threads"], opts["inter_op_num_threads"] = threads, 1
-    (out / "genai_config.json").write_text(json.dumps(cfg, indent=2))
-    model = og.Model(str(out))
-    rng = np.random.default_rng(0)
-    res = {"prefill_ms": {}}
-
-    def new_generator(max_length):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=max_length, do_sample=False)
-        return og.Generator(model, params)
-
-    for n in lengths:
-        times = []
-        for i in range(repeats + 1):
-            gen = new_generator(n + 2)
-            ids = rng.integers(0, 49152, size=n).astype(np.int32)
-            t = time.perf_counter()
-            gen.append_tokens(ids)  # the prefill
-            if i:  # the first is a warm-up
-                times.append((time.perf_counter() - t) * 1e3)
-        res["prefill_ms"][str(n)] = stats(times)
-    per_run = []
-    for _ in range(repeats):
-        gen = new_generator(past + steps + 2)
-        gen.append_tokens(rng.integers(0, 49152, size=past).astype(np.int32))
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            gen.generate_next_token()
-            times.append((time.perf_counter() - t) * 1e3)
-        per_run.append(statistics.median(times))
-    res["decode_ms_per_token"] = stats(per_run)
-    return res
-
-
 def main():
-    base, work, threads, repeats, lengths, past, steps, out, group = sys.argv[1:10]
+    base, work, threads, repeats, lengths, past, steps, out = sys.argv[1:9]
     base, work = Path(base), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     threads, repeats, past, steps = int(threads), int(repeats), int(past), int(steps)
     lengths = [int(x) for x in lengths.split(",")]
     rows, errors = {}, {}
     common = (base, work, threads, repeats, lengths, past, steps)
-    peers = {
-        "optimum": [("optimum-onnx", lambda: optimum_row(*common))],
-        "genai": [
-            ("ort-genai fp32", lambda: genai_row(*common, "fp32")),
-            ("ort-genai int4", lambda: genai_row(*common, "int4")),
-        ],
-    }
-    for name, fn in peers[group]:
+    for name, fn in [("optimum-onnx", lambda: optimum_row(*common))]:
         try:
             t = time.perf_counter()
             rows[name] = fn() | {"wall_s": time.perf_counter() - t}

@@ -5,7 +5,9 @@ ORT over the default export (expert bank as graph inputs) with the bank folded i
 the adapters fused at load (the default), folded only, and bound per call; ORT over an export with the
 bank baked; ORT running the plain base model behind the same interface (what the expert bank costs);
 and the export quantized to int8 / int4 weights (opt-in edge path, answers counted against the
-reference). Results: JSON, a Markdown table and, with matplotlib installed, a PNG plot.
+reference). Opt-in, a peer on the plain base model timed back to back with our plain export
+(``bench.peers``). The report says which speed targets it meets (``bench.targets``). Results: JSON, a
+Markdown table and, with matplotlib installed, a PNG plot.
 """
 
 from __future__ import annotations
@@ -15,10 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,12 +122,24 @@ def run_bench(
     decode_past: int = 280,
     decode_steps: int = 32,
     batch_sizes=(1, 8),
+    peers=(),
+    peer_rounds: int | None = None,
+    base_model=None,
     output="benchmarks/results",
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results."""
+    """Measure every row; write bench.json / bench.md (/ bench.png) into ``output``; return the results.
+
+    ``peers`` (e.g. ``("genai",)``): each peer timed back to back with the plain export over
+    ``peer_rounds`` rounds (default ``max(5, repeats)``), in its own environment, created once under
+    ``output/exports``; ``base_model`` is the folder the peer builds its model from (default: the
+    checkpoint's base model).
+    """
     from ilora_export.artifacts.manifest import read_manifest
+    from ilora_export.bench import peers as peer_tools
     from ilora_export.bench.floor import decoder_floor, measure_gemm_gflops
+    from ilora_export.bench.targets import check_targets, target_line
+    from ilora_export.bench.worker import run_worker
 
     info = read_manifest(export_dir)
     threads = threads or os.cpu_count() or 1
@@ -147,9 +157,15 @@ def run_bench(
         "ort-input": ("ort", info.path),
     }
     bank_modes = {"ort-folded": "folded", "ort-input": "input"}
+    unknown = [p for p in peers if p not in peer_tools.PEERS]
+    if unknown:
+        raise IloraError(f"unknown peers {unknown}", f"choose from {', '.join(peer_tools.PEERS)}")
     for kind in ("baked", "plain", *QUANTIZED):
-        if f"ort-{kind}" in rows:
+        if f"ort-{kind}" in rows or (kind == "plain" and peers):
             targets[f"ort-{kind}"] = ("ort", _variant(info, kind, cache, log))
+    # the peers' environments first: a pip failure stops the run before the long measurements
+    peer_envs = {name: peer_tools.peer_environment(name, cache, log) for name in peers}
+    peer_base = _base_model(ckpt, base_model) if peers else None
 
     base = {
         "data": str(data_dir),
@@ -168,7 +184,7 @@ def run_bench(
     for row in rows:
         backend, target = targets[row]
         log(f"[{row}] {LABELS[row]}")
-        results[row] = _run_worker(
+        results[row] = run_worker(
             base | {"backend": backend, "target": str(target), "bank_mode": bank_modes.get(row, "fused")}, threads, row
         )
         log(
@@ -178,7 +194,7 @@ def run_bench(
     adapter_cost = None
     if "ort" in results and "ort-plain" in results:
         log("[adapter cost] default export and plain model in one process, timed in alternation")
-        pair = _run_worker(
+        pair = run_worker(
             base
             | {"mode": "pair", "targets": [str(info.path), str(targets["ort-plain"][1])], "rounds": max(5, repeats)},
             threads,
@@ -190,6 +206,26 @@ def run_bench(
             "prefill": p[0]["median"] / p[1]["median"] - 1,
         }
         log(f"  decode {adapter_cost['decode']:+.1%}, prefill {adapter_cost['prefill']:+.1%}")
+    peer_results = {}
+    for name, (python, script) in peer_envs.items():
+        log(f"[peer {name}] {peer_tools.PEER_LABELS[name]} vs our plain export, back to back")
+        peer_results[name] = peer_tools.pair_with_peer(
+            targets["ort-plain"][1],
+            python=python,
+            script=script,
+            base_model=peer_base,
+            work=cache / f"peer-{name}",
+            num_experts=info.shape.num_experts,
+            threads=threads,
+            rounds=peer_rounds or max(5, repeats),
+            prompt_length=max(prompt_lengths),
+            decode_past=decode_past,
+            decode_steps=decode_steps,
+            name=name,
+            log=log,
+        )
+        d, p = peer_results[name]["decode"], peer_results[name]["prefill"]
+        log(f"  median ratios (ours / peer): decode {d['median_ratio']:.2f}x, prefill {p['median_ratio']:.2f}x")
 
     # the bandwidth each row measured just before its timings; their median is the machine's
     bandwidth, gemm = statistics.median(r["read_bandwidth_gbs"] for r in results.values()), measure_gemm_gflops(threads)
@@ -213,8 +249,13 @@ def run_bench(
         "rows": results,
         "floor": floor,
         "adapter_cost": adapter_cost,
+        "peers": peer_results,
         "ratios": _ratios(results, batch_sizes),
     }
+    report["targets"] = check_targets(report)
+    log("[targets]")
+    for entry in report["targets"]:
+        log(f"  {target_line(entry)}")
     with atomic_path(output / "bench.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with atomic_path(output / "bench.md") as tmp:
@@ -223,26 +264,15 @@ def run_bench(
     return report
 
 
-def _run_worker(spec: dict, threads: int, name: str) -> dict:
-    """One worker process (``bench.worker``) on ``spec``; its result plus its wall time."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_file.write_text(json.dumps(spec))
-        env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
-            env=env,
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise IloraError(
-                f"benchmark row {name} failed: {proc.stderr.strip().splitlines()[-1:]}",
-                "run `python -m ilora_export.bench.worker` by hand to see the whole error",
-            )
-        return json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
+def _base_model(checkpoint: Path, base_model) -> Path:
+    """The base-model folder of ``checkpoint`` (its recorded folder, else its reference), or ``base_model``."""
+    from ilora_export.artifacts.checkpoint import read_checkpoint
+    from ilora_export.base.fetch import resolve_base_model
+
+    if base_model is not None:
+        return resolve_base_model(base_model)
+    recorded = read_checkpoint(checkpoint).config["base_model"]
+    return Path(recorded["path"]) if Path(recorded["path"]).is_dir() else resolve_base_model(recorded["ref"])
 
 
 def _ratios(results: dict, batch_sizes) -> dict:
@@ -324,6 +354,8 @@ def markdown(report: dict) -> str:
             f"{p[1]['median']:.0f} ms (**{cost['prefill']:+.1%}**).",
             "",
         ]
+    for name, peer in (report.get("peers") or {}).items():
+        lines += peer_markdown(name, peer)
     for row, o in ratios.items():
         extra = [
             f"decode {o['decode_vs_floor']:.2f}x the bandwidth floor "
@@ -335,7 +367,39 @@ def markdown(report: dict) -> str:
                 f"prefill ({max(lengths)} tokens) {o['prefill_cost_vs_plain']:+.1%}"
             )
         lines.append(f"- {LABELS.get(row, row)}: " + "; ".join(extra))
+    if report.get("targets"):
+        from ilora_export.bench.targets import targets_markdown
+
+        lines += ["", *targets_markdown(report["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def peer_markdown(name: str, peer: dict) -> list[str]:
+    """The paired comparison with one peer: a line per round, then the medians."""
+    d, p = peer["decode"], peer["prefill"]
+    lines = [
+        f"Paired with {peer['peer']} on the plain base model: batch 1, {peer['threads']} threads, "
+        f"{peer['rounds']} rounds, each our plain export (its own process) then {name} (its own process), "
+        f"on the same random token ids: prefill of {peer['prompt_length']} tokens, decode of "
+        f"{peer['decode_steps']} greedy steps after {peer['decode_past']}.",
+        "",
+        "| round | decode ours ms/token | decode peer ms/token | ours / peer | prefill ours ms | prefill peer ms "
+        "| ours / peer | greedy tokens identical |",
+        "|" + "---|" * 8,
+    ]
+    for k, r in enumerate(peer["per_round"], start=1):
+        lines.append(
+            f"| {k} | {r['ours']['decode_ms_per_token']:.2f} | {r['peer']['decode_ms_per_token']:.2f} | "
+            f"{r['decode_ratio']:.2f}x | {r['ours']['prefill_ms']:.0f} | {r['peer']['prefill_ms']:.0f} | "
+            f"{r['prefill_ratio']:.2f}x | {'yes' if r['tokens_identical'] else 'no'} |"
+        )
+    lines += [
+        f"| median | {d['ours_median']:.2f} | {d['peer_median']:.2f} | **{d['median_ratio']:.2f}x** | "
+        f"{p['ours_median']:.0f} | {p['peer_median']:.0f} | **{p['median_ratio']:.2f}x** | "
+        f"{peer['tokens_identical_rounds']} of {peer['rounds']} |",
+        "",
+    ]
+    return lines
 
 
 def plot(report: dict, path: Path, log) -> None:

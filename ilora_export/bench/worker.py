@@ -5,18 +5,28 @@
 SPEC: {"backend": "torch"|"ort", "target": checkpoint or export folder, "data", "split", "limit",
 "threads", "repeats", "prompt_lengths": [...], "decode_past": int, "decode_steps": int,
 "eval_batch_sizes": [1, 8]}; or {"mode": "pair", "targets": [export A, export B], "rounds", ...} for
-two exports timed in alternation.
+two exports timed in alternation; or {"mode": "ids", "target": export folder, "threads", "num_experts",
+"repeats", "prompts": [[token id, ...], ...], "decode_prompt": [token id, ...], "decode_steps": int}
+for given token ids (the protocol a peer process speaks too, see ``bench.peer_genai``).
+
+``run_worker`` (the parent's side) starts one such process and reads its answer.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+from ilora_export.errors import IloraError
 
 
 def _stats(values: list[float]) -> dict:
@@ -35,10 +45,13 @@ class _Timer:
     def prefill(self, length: int):
         """A fresh decode after a prompt of ``length`` random tokens: (its Decoding, the prefill's inputs,
         the prefill's logits [1, V])."""
+        return self.prefill_ids(self.rng.integers(0, self.vocab, size=(1, length)))
+
+    def prefill_ids(self, ids: np.ndarray):
+        """A fresh decode after the prompt ``ids`` [1, S]: as ``prefill``."""
         from ilora_export.runtime.generator import Decoding, StepInputs
 
-        ids = self.rng.integers(0, self.vocab, size=(1, length))
-        inputs = StepInputs.prefill(self.backend.embed(ids), np.ones((1, length), np.int64), self.gate)
+        inputs = StepInputs.prefill(self.backend.embed(ids), np.ones(ids.shape, np.int64), self.gate)
         decoding = Decoding(self.backend)
         return decoding, inputs, decoding.step(inputs)
 
@@ -47,17 +60,29 @@ class _Timer:
         self.prefill(length)
         return (time.perf_counter() - t) * 1e3
 
+    def prefill_ids_ms(self, ids: np.ndarray) -> float:
+        t = time.perf_counter()
+        self.prefill_ids(ids)
+        return (time.perf_counter() - t) * 1e3
+
     def decode_ms(self, past: int, steps: int) -> float:
-        """Median ms per token of ``steps`` greedy steps after a prompt of ``past`` tokens."""
-        decoding, inputs, logits = self.prefill(past)
-        times = []
+        """Median ms per token of ``steps`` greedy steps after a prompt of ``past`` random tokens."""
+        return self.decode_ids(self.rng.integers(0, self.vocab, size=(1, past)), steps)[0]
+
+    def decode_ids(self, ids: np.ndarray, steps: int) -> tuple[float, list[int]]:
+        """``steps`` greedy steps after the prompt ``ids`` [1, P]: (median ms per step, the ``steps`` + 1
+        tokens chosen: the prefill's and each step's)."""
+        decoding, inputs, logits = self.prefill_ids(ids)
+        times, tokens = [], []
         for _ in range(steps):
             tok = logits.argmax(-1)  # [1]
+            tokens.append(int(tok[0]))
             t = time.perf_counter()
-            inputs = decoding.next_inputs(inputs, tok)  # the token's embedding, the grown mask, its position
+            inputs = decoding.next_inputs(inputs, tok)  # the token's embedding at the next cache column
             logits = decoding.step(inputs)
             times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
+        tokens.append(int(logits.argmax(-1)[0]))
+        return statistics.median(times), tokens
 
 
 def measure(spec: dict) -> dict:
@@ -73,6 +98,8 @@ def measure(spec: dict) -> dict:
     torch.set_num_threads(threads)
     if spec.get("mode") == "pair":
         return measure_pair(spec)
+    if spec.get("mode") == "ids":
+        return measure_ids(spec)
     t0 = time.perf_counter()
     backend, assets = open_backend(
         spec["target"], spec["backend"], threads=threads, bank_mode=spec.get("bank_mode", "fused")
@@ -141,11 +168,53 @@ def measure_pair(spec: dict) -> dict:
     }
 
 
+def measure_ids(spec: dict) -> dict:
+    """One ORT export timed on the given token ids at batch 1: each prompt's prefill (one warm-up, then
+    ``repeats``) and ``repeats`` greedy decodes after ``decode_prompt``; the greedy tokens of the first."""
+    from ilora_export.runtime.load import open_backend
+
+    t0 = time.perf_counter()
+    backend, assets = open_backend(spec["target"], "ort", threads=spec["threads"])
+    load_s = time.perf_counter() - t0
+    timer = _Timer(backend, assets, spec["num_experts"])
+    result = {"load_s": load_s, "prefill_ms": {}}
+    for prompt in spec["prompts"]:
+        ids = np.asarray(prompt, np.int64)[None]  # [1, S]
+        timer.prefill_ids(ids)  # warm-up
+        result["prefill_ms"][str(ids.shape[1])] = _stats([timer.prefill_ids_ms(ids) for _ in range(spec["repeats"])])
+    past = np.asarray(spec["decode_prompt"], np.int64)[None]  # [1, P]
+    runs = [timer.decode_ids(past, spec["decode_steps"]) for _ in range(spec["repeats"])]
+    result["decode_ms_per_token"] = _stats([ms for ms, _ in runs])
+    result["decode_tokens"] = runs[0][1]
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def run_worker(spec: dict, threads: int, name: str) -> dict:
+    """One worker process (this module) on ``spec``; its result plus its wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "ilora_export.bench.worker", str(spec_file), str(out_file)],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise IloraError(
+                f"benchmark row {name} failed: {proc.stderr.strip().splitlines()[-1:]}",
+                "run `python -m ilora_export.bench.worker` by hand to see the whole error",
+            )
+        return json.loads(out_file.read_text()) | {"wall_s": time.perf_counter() - t0}
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits)."""
     try:
-        from pathlib import Path
-
         for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
@@ -156,8 +225,6 @@ def peak_rss_mb() -> float:
 
 def main(argv=None):
     argv = argv or sys.argv[1:]
-    from pathlib import Path
-
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     Path(argv[1]).write_text(json.dumps(measure(spec)), encoding="utf-8")
 

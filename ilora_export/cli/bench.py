@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ilora_export.bench.peers import PEERS
 from ilora_export.bench.suite import ROWS
 from ilora_export.cli.options import limit_option, threads_option
 
@@ -43,6 +44,21 @@ from ilora_export.cli.options import limit_option, threads_option
 )
 @limit_option
 @click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    type=click.Choice(PEERS),
+    help="Opt-in peer on the plain base model, timed back to back with our plain export on the same token ids "
+    "and threads (genai: onnxruntime-genai 0.18 fp32 from its model builder; its own virtual environment is "
+    "created once with pip under OUTPUT/exports/peer-genai-venv, which needs the package registry).",
+)
+@click.option(
+    "--peer-rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rounds of the paired peer comparison (each: ours, then the peer) [default: max(5, --repeats)].",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(file_okay=False, path_type=str),
@@ -50,13 +66,17 @@ from ilora_export.cli.options import limit_option, threads_option
     show_default=True,
     help="Where bench.json, bench.md and bench.png go.",
 )
-def bench(export_dir, data_dir, split, checkpoint, rows, threads, repeats, eval_repeats, limit, output):
+def bench(
+    export_dir, data_dir, split, checkpoint, rows, threads, repeats, eval_repeats, limit, peers, peer_rounds, output
+):
     """Benchmark EXPORT_DIR against PyTorch eager and its own variants, side by side in one run.
 
     \b
     Each row runs in its own process, one after the other: prefill latency by prompt length (batch 1),
     decode ms/token, full-evaluation throughput at batch 1 and 8, peak RSS; plus the hardware floor
-    (measured memory bandwidth and GEMM rate). Results: JSON, a Markdown table, a PNG plot.
+    (measured memory bandwidth and GEMM rate), the speed targets (met / missed / not measured) and,
+    with --peer, a paired comparison of our plain export with a peer. Results: JSON, a Markdown table,
+    a PNG plot.
     """
     from ilora_export.bench.suite import markdown, run_bench
 
@@ -70,6 +90,8 @@ def bench(export_dir, data_dir, split, checkpoint, rows, threads, repeats, eval_
         repeats=repeats,
         eval_repeats=eval_repeats,
         limit=limit,
+        peers=peers,
+        peer_rounds=peer_rounds,
         output=output,
         log=click.echo,
     )

@@ -59,6 +59,13 @@ def test_bench_measures_every_row_and_writes_json_markdown(tiny_export, toy_data
     assert "Cost of the expert bank" in md
     assert "ORT, bank folded and fused at load (default)" in md and "floor (this machine)" in md
     assert (tmp_path / "exports" / "plain" / "manifest.json").is_file()
+    # the targets: measured where the rows ran, not where a row, length, batch size or peer was left out
+    status = {t["key"]: t["status"] for t in saved["targets"]}
+    assert report["peers"] == {} and saved["targets"] == report["targets"]
+    for key in ("decode_vs_genai", "prefill_512_vs_floor", "eval_speedup_b8"):
+        assert status.pop(key) == "not measured"
+    assert set(status) == {"decode_vs_floor", "eval_speedup_b1", "adapter_cost_decode", "peak_rss"}
+    assert {s in ("met", "missed") for s in status.values()} == {True} and "Targets (" in md
 
 
 def _answers(export_dir, data_dir, *, limit: int) -> list[str]:
