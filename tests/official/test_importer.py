@@ -212,7 +212,7 @@ def test_imported_model_matches_the_official_forward(official, tiny_llama_dir, t
 def test_imported_model_matches_the_official_forward_in_onnxruntime(official, tiny_llama_dir, toy_data_dir):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
     from ilora_export.export.package import export_checkpoint
-    from ilora_export.runtime.generator import assemble_prompt, positions_from_mask
+    from ilora_export.runtime.generator import StepInputs, assemble_prompt
     from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
 
@@ -221,8 +221,8 @@ def test_imported_model_matches_the_official_forward_in_onnxruntime(official, ti
     backend = OrtBackend(export)
     batch = _prompt(load_checkpoint(out), toy_data_dir)
     embeds, gate, _ = assemble_prompt(backend, batch, export.assets.token_ids)
-    mask = batch.attention_mask.numpy()
-    logits, _ = backend.step(embeds, mask, positions_from_mask(mask), gate, None)
+    inputs = StepInputs.prefill(embeds, batch.attention_mask.numpy(), gate)
+    logits, _ = backend.step(embeds, inputs.cache_position, inputs.row_start, gate, None)
     ref = official_logits(
         tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq, batch.candidates
     )
