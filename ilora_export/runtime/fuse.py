@@ -272,3 +272,142 @@ def fuse_rmsnorm(model):
         return model, 0
     _replace_nodes(graph, replaced, new_nodes)
     return model, len(new_nodes)
+
+
+def fuse_rotary(model):
+    """The rotary embedding as the exporter writes it for q and k (x [B, N, S, d])::
+
+        x * cos + concat(-x[..., d/2:], x[..., :d/2]) * sin      # Slice, Slice, Neg, Concat, Mul, Mul, Add
+        cos, sin = Unsqueeze(Cos/Sin(concat(f, f)))            # f = float(positions)[..., None] * inv_freq
+
+    rewritten as one ``com.microsoft.RotaryEmbedding`` node per q and per k, over cos/sin caches
+    [C, d/2] computed once per call from the same ``inv_freq`` for the positions 0..C-1, C the KV
+    capacity (positions never reach it). fp32 only; a site that differs in any way (another rotary
+    variant, a scaling factor) is left as it is. Returns (model, number fused)."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    consts = _constant_values(graph)
+    past = next((i for i in graph.input if i.name.startswith("past_key_values.")), None)
+    if past is None or past.type.tensor_type.elem_type != TensorProto.FLOAT:
+        return model, 0
+
+    def only(name, op):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def angle_source(trig):  # trig(concat(f, f)) with f = Cast(Unsqueeze(positions, -1)) * inv_freq
+        cat = producer.get(trig.input[0])
+        if cat is None or cat.op_type != "Concat" or len(set(cat.input)) != 1 or len(cat.input) != 2:
+            return None
+        mul = producer.get(cat.input[0])
+        if mul is None or mul.op_type != "Mul":
+            return None
+        freq = next((i for i in mul.input if i in consts and consts[i].ndim == 1), None)
+        cast = next((producer.get(i) for i in mul.input if i != freq), None)
+        unsq = cast is not None and cast.op_type == "Cast" and producer.get(cast.input[0])
+        axes = unsq is not None and unsq.op_type == "Unsqueeze" and consts.get(unsq.input[1])
+        if freq is None or axes is None or axes is False or axes.reshape(-1).tolist() not in ([-1], [2]):
+            return None  # positions [B, S] -> [B, S, 1]
+        return unsq.input[0], freq, cat.output[0]  # positions [B, S] int64, inv_freq [d/2], concat(f, f)
+
+    tables = {}  # (positions, inv_freq) -> (cos Unsqueeze output, sin Unsqueeze output)
+    for cos in (n for n in graph.node if n.op_type == "Cos"):
+        src = angle_source(cos)
+        sin = src and next((n for n in consumers[src[2]] if n.op_type == "Sin"), None)
+        ucos, usin = only(cos.output[0], "Unsqueeze"), sin and only(sin.output[0], "Unsqueeze")
+        if src and ucos and usin:
+            tables[(src[0], src[1])] = (ucos.output[0], usin.output[0])
+    if len(tables) != 1:
+        return model, 0
+    (positions, inv_freq), (ucos, usin) = next(iter(tables.items()))
+    half = consts[inv_freq].shape[0]
+
+    def is_half(slice_node, x, first: bool) -> bool:
+        if slice_node is None or slice_node.op_type != "Slice" or slice_node.input[0] != x or len(slice_node.input) < 4:
+            return False
+        start, end, axes = (consts.get(i) for i in slice_node.input[1:4])
+        steps = consts.get(slice_node.input[4]) if len(slice_node.input) > 4 else np.ones(1)
+        if start is None or end is None or axes is None or steps is None or steps.reshape(-1).tolist() != [1]:
+            return False
+        if axes.reshape(-1).tolist() not in ([-1], [3]):
+            return False
+        want = (0, half) if first else (half, None)
+        s, e = int(start.reshape(-1)[0]), int(end.reshape(-1)[0])
+        return s == want[0] and (e == half if first else e >= 2 * half)
+
+    replaced, new_nodes = set(), []
+    for mul_sin in [n for n in consumers.get(usin, []) if n.op_type == "Mul"]:
+        rot = next((i for i in mul_sin.input if i != usin), None)
+        cat = producer.get(rot)
+        add = only(mul_sin.output[0], "Add")
+        if cat is None or cat.op_type != "Concat" or len(cat.input) != 2 or add is None:
+            continue
+        neg, first = producer.get(cat.input[0]), producer.get(cat.input[1])
+        second = neg is not None and neg.op_type == "Neg" and producer.get(neg.input[0])
+        if not second or first is None:
+            continue
+        x = first.input[0]
+        mul_cos = producer.get(next((i for i in add.input if i != mul_sin.output[0]), ""))
+        if (
+            mul_cos is None
+            or mul_cos.op_type != "Mul"
+            or set(mul_cos.input) != {x, ucos}
+            or not is_half(first, x, True)
+            or not is_half(second, x, False)
+            or any(len(consumers[n.output[0]]) != 1 for n in (first, second, neg, cat, mul_cos))
+        ):
+            continue
+        replaced |= {id(n) for n in (first, second, neg, cat, mul_sin, mul_cos, add)}
+        new_nodes.append(
+            helper.make_node(
+                "RotaryEmbedding",
+                [x, positions, "ilora_rotary_cos", "ilora_rotary_sin"],
+                [add.output[0]],
+                domain="com.microsoft",
+                interleaved=0,
+            )
+        )
+    if not new_nodes:
+        return model, 0
+    # caches [C, d/2]: angle p * inv_freq for p = 0..C-1, C read from the first past tensor's shape
+    graph.initializer.extend(
+        [
+            helper.make_tensor("ilora_rotary_axis2", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("ilora_rotary_zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor("ilora_rotary_one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("ilora_rotary_col", TensorProto.INT64, [1], [1]),
+        ]
+    )
+    new_nodes += [
+        helper.make_node("Shape", [past.name], ["ilora_rotary_shape"]),
+        helper.make_node("Gather", ["ilora_rotary_shape", "ilora_rotary_axis2"], ["ilora_rotary_c1"], axis=0),
+        helper.make_node("Squeeze", ["ilora_rotary_c1"], ["ilora_rotary_c"]),
+        helper.make_node("Range", ["ilora_rotary_zero", "ilora_rotary_c", "ilora_rotary_one"], ["ilora_rotary_p"]),
+        helper.make_node("Cast", ["ilora_rotary_p"], ["ilora_rotary_pf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ilora_rotary_pf", "ilora_rotary_col"], ["ilora_rotary_pc"]),  # [C, 1]
+        helper.make_node("Mul", ["ilora_rotary_pc", inv_freq], ["ilora_rotary_angle"]),  # [C, d/2]
+        helper.make_node("Cos", ["ilora_rotary_angle"], ["ilora_rotary_cos"]),
+        helper.make_node("Sin", ["ilora_rotary_angle"], ["ilora_rotary_sin"]),
+    ]
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _replace_nodes(graph, replaced, new_nodes)
+    _drop_unused(graph)  # the per-token cos/sin the fused sites read
+    return model, sum(1 for n in new_nodes if n.op_type == "RotaryEmbedding")
+
+
+def _drop_unused(graph) -> None:
+    """Remove the nodes none of whose outputs is read (by a node or as a graph output), repeatedly."""
+    while True:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)

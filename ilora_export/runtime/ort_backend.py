@@ -56,11 +56,11 @@ def providers_for(device: str) -> list[str]:
 
 def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: bool) -> bytes:
     """The graph at ``file`` (weights stay external) with the named inputs turned into initializers and,
-    with ``fuse``, the adapters fused into their base projections and RMSNorm into one node
-    (``runtime.fuse``)."""
+    with ``fuse``, the adapters fused into their base projections, RMSNorm and the rotary embedding
+    into one node each (``runtime.fuse``)."""
     import onnx
 
-    from ilora_export.runtime.fuse import fold_bank, fuse_rmsnorm
+    from ilora_export.runtime.fuse import fold_bank, fuse_rmsnorm, fuse_rotary
 
     try:
         model = onnx.load(str(file), load_external_data=False)
@@ -73,6 +73,7 @@ def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: b
         model, _ = fold_bank(model, constants, fuse=fuse)
     if fuse:
         model, _ = fuse_rmsnorm(model)
+        model, _ = fuse_rotary(model)
     return model.SerializeToString()
 
 

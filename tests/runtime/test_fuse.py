@@ -88,3 +88,35 @@ def test_every_rmsnorm_becomes_one_node(tiny_export):
     assert count == after["SimplifiedLayerNormalization"] == norms
     for op in ("Pow", "ReduceMean", "Sqrt", "Reciprocal"):
         assert before[op] - after[op] == norms
+
+
+def test_rotary_becomes_one_node_per_query_and_key(tiny_export):
+    from ilora_export.runtime.fuse import fuse_rotary
+
+    _, export = tiny_export
+    model, _, info, _ = _graph_and_bank(export)
+    before = collections.Counter(n.op_type for n in model.graph.node)
+    fused, count = fuse_rotary(model)
+    after = collections.Counter(n.op_type for n in fused.graph.node)
+    assert count == 2 * info.shape.num_layers  # q and k of every layer
+    assert after["RotaryEmbedding"] == count and after["Neg"] == before["Neg"] - count
+    assert after["Cos"] == after["Sin"] == 1  # one table per call, [C, d/2], not per token
+    # the sessions with every fusion answer as the unfused graph: test_fused_sessions_match_the_unfused_graph
+
+
+def test_rotary_fusion_leaves_another_rotary_variant_alone(tiny_export):
+    """A scaled cos/sin (another rope variant) does not match: nothing is rewritten."""
+    from onnx import helper
+
+    from ilora_export.runtime.fuse import fuse_rotary
+
+    _, export = tiny_export
+    model, _, _, _ = _graph_and_bank(export)
+    cos = next(n for n in model.graph.node if n.op_type == "Cos")
+    scaled = helper.make_node("Mul", [cos.output[0], "ilora_test_scale"], ["ilora_test_scaled"])
+    model.graph.initializer.append(helper.make_tensor("ilora_test_scale", 1, [], [0.5]))
+    for node in model.graph.node:
+        node.input[:] = ["ilora_test_scaled" if i == cos.output[0] else i for i in node.input]
+    model.graph.node.append(scaled)
+    _, count = fuse_rotary(model)
+    assert count == 0
