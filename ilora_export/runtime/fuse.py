@@ -17,6 +17,11 @@ Muls and an Add per projection (per token, that is most of its cost on a CPU). T
 gate stays an input: the result is exact up to float summation order.
 
 A projection that does not match the pattern exactly is left as it is (still correct, just unfused).
+
+Further rewrites to onnxruntime's contrib kernels, each kept because an alternating benchmark showed a
+win with identical answers (``benchmarks/README.md``): RMSNorm as ``SimplifiedLayerNormalization``
+(:func:`fuse_rmsnorm`), the rotary embedding as ``RotaryEmbedding`` (:func:`fuse_rotary`) and each
+layer's attention over the preallocated cache as ``GroupQueryAttention`` (:func:`fuse_attention`).
 """
 
 from __future__ import annotations
@@ -411,3 +416,166 @@ def _drop_unused(graph) -> None:
             return
         for n in dead:
             graph.node.remove(n)
+
+
+def fuse_attention(model):
+    """Each layer's attention over the preallocated cache, as exported (rotary of q and k on [B, N, S, d],
+    one ScatterND per cache tensor, QK^T, scale, mask, softmax, PV, back to [B, S, N d]), rewritten as
+    one ``com.microsoft.GroupQueryAttention`` node that reads the projections' [B, S, N d] outputs,
+    writes the new columns into the cache in place (past and present bound to one buffer) and attends
+    under the same left-padding mask as an ``attention_bias`` [B, 1, S, T] built once per call from
+    ``cache_position`` and ``row_start`` (T = cache_position[-1] + 1, the same for every row), its
+    rotary done by two 3-D ``RotaryEmbedding`` nodes. Needs :func:`fuse_rotary` first (its tables and
+    positions); fp32 only. A layer that differs in any way is left as it is. Returns (model, layers fused).
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    consts = _constant_values(graph)
+    inputs = {i.name: i for i in graph.input}
+    rotary = [n for n in graph.node if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft"]
+    if not rotary or {"cache_position", "row_start"} - set(inputs):
+        return model, 0
+    positions, cos, sin = rotary[0].input[1:4]
+
+    def single(name, op):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def made_by(name, op):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+    def heads_input(x4):  # Transpose(0, 2, 1, 3)(Reshape(x3d)) -> x3d [B, S, heads d]
+        tr = made_by(x4, "Transpose")
+        perm = tr is not None and next((list(a.ints) for a in tr.attribute if a.name == "perm"), None)
+        rs = perm == [0, 2, 1, 3] and made_by(tr.input[0], "Reshape")
+        return rs.input[0] if rs else None
+
+    def rotated(upd):  # Expand(RotaryEmbedding(x4)) or Expand(x4) -> (x3d, rotary node or None)
+        ex = made_by(upd, "Expand")
+        if ex is None:
+            return None, None
+        rot = made_by(ex.input[0], "RotaryEmbedding")
+        return heads_input(rot.input[0] if rot else ex.input[0]), rot
+
+    sites = []
+    for past_k in (i for i in inputs if i.startswith("past_key_values.") and i.endswith(".key")):
+        past_v = past_k[: -len("key")] + "value"
+        present_k, present_v = (p.replace("past_key_values.", "present.", 1) for p in (past_k, past_v))
+        sk, sv = made_by(present_k, "ScatterND"), made_by(present_v, "ScatterND")
+        if sk is None or sv is None or sk.input[0] != past_k or sv.input[0] != past_v:
+            continue
+        (k3, rot_k), (v3, rot_v) = rotated(sk.input[2]), rotated(sv.input[2])
+        tk = single(present_k, "Transpose")
+        qk = tk and single(tk.output[0], "MatMul")
+        if k3 is None or v3 is None or rot_k is None or rot_v is not None or qk is None or qk.input[1] != tk.output[0]:
+            continue
+        q_view = made_by(qk.input[0], "Reshape")
+        rot_q = q_view and made_by(q_view.input[0], "RotaryEmbedding")
+        q3 = rot_q and heads_input(rot_q.input[0])
+        scale_mul = single(qk.output[0], "Mul")
+        scale = scale_mul and next((consts[i] for i in scale_mul.input if i in consts and consts[i].size == 1), None)
+        pv = single(present_v, "MatMul")
+        # between the two MatMuls: the scale, reshapes, the mask's Add and one Softmax, nothing else
+        node, path = scale_mul, []
+        while node is not None and node is not pv and len(path) < 12:
+            path.append(node.op_type)
+            users = consumers.get(node.output[0], [])
+            node = users[0] if len(users) == 1 else None
+        out_rs = pv and single(pv.output[0], "Reshape")
+        out_tr = out_rs and single(out_rs.output[0], "Transpose")
+        out = out_tr and single(out_tr.output[0], "Reshape")
+        if (
+            q3 is None
+            or scale is None
+            or node is not pv
+            or path.count("Softmax") != 1
+            or path.count("Add") != 1
+            or not set(path) <= {"Mul", "Reshape", "Add", "Softmax", "Cast", "Unsqueeze"}
+            or out is None
+            or rot_q.input[1:4] != rot_k.input[1:4]
+        ):
+            continue
+        sites.append((q3, k3, v3, past_k, past_v, present_k, present_v, float(scale.reshape(())), out, sk, sv))
+    past = inputs.get(sites[0][3]) if sites else None
+    if not sites or past.type.tensor_type.elem_type != TensorProto.FLOAT:
+        return model, 0
+    shape = [d.dim_value for d in past.type.tensor_type.shape.dim]  # [B, kv, C, d]
+    kv_heads, head_dim = shape[1], shape[3]
+
+    p = "ilora_gqa_"
+    graph.initializer.extend(
+        [
+            helper.make_tensor(p + "last", TensorProto.INT64, [1], [-1]),
+            helper.make_tensor(p + "one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor(p + "zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor(p + "step", TensorProto.INT64, [], [1]),
+            helper.make_tensor(p + "axes_bs", TensorProto.INT64, [2], [1, 2]),
+            helper.make_tensor(p + "axes_bc", TensorProto.INT64, [2], [0, 2]),
+            helper.make_tensor(p + "axis_h", TensorProto.INT64, [1], [1]),
+            helper.make_tensor(p + "open", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor(p + "blocked", TensorProto.FLOAT, [], [float(np.finfo(np.float32).min)]),
+        ]
+    )
+    new_nodes = [
+        # T = cache_position[-1] + 1: every row's columns 0..T-1 (left padding), the new ones last
+        helper.make_node("Gather", ["cache_position", p + "last"], [p + "end1"], axis=0),  # [1]
+        helper.make_node("Add", [p + "end1", p + "one"], [p + "total1"]),
+        helper.make_node("Squeeze", [p + "total1"], [p + "total64"]),  # []
+        helper.make_node("Cast", [p + "total64"], [p + "total"], to=TensorProto.INT32),
+        helper.make_node("Shape", ["row_start"], [p + "rows"]),  # [1] = [B]
+        helper.make_node("Expand", [p + "end1", p + "rows"], [p + "seqlens64"]),  # [B] = T - 1
+        helper.make_node("Cast", [p + "seqlens64"], [p + "seqlens"], to=TensorProto.INT32),
+        # bias [B, 1, S, T]: 0 where row_start[b] <= j <= cache_position[s], else the fp32 minimum
+        helper.make_node("Range", [p + "zero", p + "total64", p + "step"], [p + "cols"]),  # [T]
+        helper.make_node("Unsqueeze", ["row_start", p + "axes_bs"], [p + "start"]),  # [B, 1, 1]
+        helper.make_node("Unsqueeze", ["cache_position", p + "axes_bc"], [p + "qcol"]),  # [1, S, 1]
+        helper.make_node("GreaterOrEqual", [p + "cols", p + "start"], [p + "after_pad"]),  # [B, 1, T]
+        helper.make_node("LessOrEqual", [p + "cols", p + "qcol"], [p + "causal"]),  # [1, S, T]
+        helper.make_node("And", [p + "after_pad", p + "causal"], [p + "valid"]),  # [B, S, T]
+        helper.make_node("Where", [p + "valid", p + "open", p + "blocked"], [p + "bias3"]),
+        helper.make_node("Unsqueeze", [p + "bias3", p + "axis_h"], [p + "bias"]),  # [B, 1, S, T]
+    ]
+    removed = set()
+    for i, (q3, k3, v3, past_k, past_v, present_k, present_v, scale, out, sk, sv) in enumerate(sites):
+        q_heads = _heads_of(graph, q3, head_dim)
+        if not q_heads or _heads_of(graph, k3, head_dim) != kv_heads:
+            continue
+        new_nodes += [
+            helper.make_node(
+                "RotaryEmbedding", [q3, positions, cos, sin], [f"{p}{i}.q"], domain="com.microsoft", num_heads=q_heads
+            ),
+            helper.make_node(
+                "RotaryEmbedding", [k3, positions, cos, sin], [f"{p}{i}.k"], domain="com.microsoft", num_heads=kv_heads
+            ),
+            helper.make_node(
+                "GroupQueryAttention",
+                [f"{p}{i}.q", f"{p}{i}.k", v3, past_k, past_v, p + "seqlens", p + "total", "", "", "", p + "bias"],
+                [out.output[0], present_k, present_v],
+                domain="com.microsoft",
+                num_heads=q_heads,
+                kv_num_heads=kv_heads,
+                scale=scale,
+            ),
+        ]
+        removed |= {id(sk), id(sv), id(out)}
+    fused = sum(1 for n in new_nodes if n.op_type == "GroupQueryAttention")
+    if not fused:
+        return model, 0
+    _replace_nodes(graph, removed, new_nodes)
+    _drop_unused(graph)
+    return model, fused
+
+
+def _heads_of(graph, name: str, head_dim: int) -> int | None:
+    """Heads in tensor ``name`` [B, S, heads * head_dim], from the graph's recorded shapes (None if unknown)."""
+    info = next((v for v in graph.value_info if v.name == name), None)
+    dims = info.type.tensor_type.shape.dim if info is not None else []
+    last = dims[-1].dim_value if len(dims) == 3 else 0
+    return last // head_dim if last and last % head_dim == 0 else None

@@ -120,3 +120,23 @@ def test_rotary_fusion_leaves_another_rotary_variant_alone(tiny_export):
     model.graph.node.append(scaled)
     _, count = fuse_rotary(model)
     assert count == 0
+
+
+def test_attention_becomes_one_group_query_attention_per_layer(tiny_export):
+    """After the rotary fusion, each layer's cache write, scores, mask, softmax and weighted sum become one
+    GroupQueryAttention writing the present (the session's answers: test_fused_sessions_match_the_unfused_graph
+    and tests/runtime/test_backends.py, which run with every fusion)."""
+    from ilora_export.runtime.fuse import fuse_attention, fuse_rotary
+
+    _, export = tiny_export
+    model, _, info, _ = _graph_and_bank(export)
+    layers = info.shape.num_layers
+    assert fuse_attention(model)[1] == 0  # without the rotary fusion's tables: left as exported
+    model, _ = fuse_rotary(model)
+    fused, count = fuse_attention(model)
+    ops = collections.Counter(n.op_type for n in fused.graph.node)
+    assert count == layers and ops["GroupQueryAttention"] == layers
+    assert ops["ScatterND"] == ops["Softmax"] == 0  # the exported attention is gone, not left beside
+    assert ops["RotaryEmbedding"] == 2 * layers  # now on the projections' [B, S, heads * d] outputs
+    producers = {o: n.op_type for n in fused.graph.node for o in n.output}
+    assert {producers[o.name] for o in fused.graph.output if o.name.startswith("present.")} == {"GroupQueryAttention"}
