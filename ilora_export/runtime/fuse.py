@@ -58,20 +58,34 @@ def _constant_values(graph) -> dict[str, np.ndarray]:
     return values
 
 
+class _Index:
+    """Who produces and who reads each tensor of a graph, and its small constants (a snapshot)."""
+
+    def __init__(self, graph):
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers = defaultdict(list)
+        for n in graph.node:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.consts = _constant_values(graph)
+
+    def only(self, name, op):
+        """The single node reading ``name`` if it is an ``op``, else None."""
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def made_by(self, name, op):
+        """The node producing ``name`` if it is an ``op``, else None."""
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op else None
+
+
 def _match(graph, bank: dict[str, np.ndarray]) -> list[_Adapter]:
     from onnx import TensorProto
 
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    consts = _constant_values(graph)
+    ix = _Index(graph)
+    producer, consumers, consts, only = ix.producer, ix.consumers, ix.consts, ix.only
     float_inits = {i.name: i for i in graph.initializer if i.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
-
-    def only(name, op):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
 
     def bank_slice(name):  # Gather(<bank input>, layer) -> the numpy slice
         g = producer.get(name)
@@ -224,16 +238,9 @@ def fuse_rmsnorm(model):
     from onnx import TensorProto, helper
 
     graph = model.graph
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    consts = _constant_values(graph)
+    ix = _Index(graph)
+    consts, only = ix.consts, ix.only
     floats = {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
-
-    def only(name, op):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
 
     replaced, new_nodes = set(), []
     for pow_ in (n for n in graph.node if n.op_type == "Pow"):
@@ -292,19 +299,11 @@ def fuse_rotary(model):
     from onnx import TensorProto, helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    consts = _constant_values(graph)
+    ix = _Index(graph)
+    producer, consumers, consts, only = ix.producer, ix.consumers, ix.consts, ix.only
     past = next((i for i in graph.input if i.name.startswith("past_key_values.")), None)
     if past is None or past.type.tensor_type.elem_type != TensorProto.FLOAT:
         return model, 0
-
-    def only(name, op):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
 
     def angle_source(trig):  # trig(concat(f, f)) with f = Cast(Unsqueeze(positions, -1)) * inv_freq
         cat = producer.get(trig.input[0])
@@ -431,25 +430,13 @@ def fuse_attention(model):
     from onnx import TensorProto, helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    consts = _constant_values(graph)
+    ix = _Index(graph)
+    consumers, consts, single, made_by = ix.consumers, ix.consts, ix.only, ix.made_by
     inputs = {i.name: i for i in graph.input}
     rotary = [n for n in graph.node if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft"]
     if not rotary or {"cache_position", "row_start"} - set(inputs):
         return model, 0
     positions, cos, sin = rotary[0].input[1:4]
-
-    def single(name, op):
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
-
-    def made_by(name, op):
-        node = producer.get(name)
-        return node if node is not None and node.op_type == op else None
 
     def heads_input(x4):  # Transpose(0, 2, 1, 3)(Reshape(x3d)) -> x3d [B, S, heads d]
         tr = made_by(x4, "Transpose")
