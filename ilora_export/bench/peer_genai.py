@@ -46,6 +46,8 @@ def build(base_model: Path, model_dir: Path, precision: str) -> bool:
     stamp = model_dir / "built_from.json"
     if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == source:
         return False
+    if model_dir.exists() and not stamp.is_file() and any(model_dir.iterdir()):
+        raise SystemExit(f"{model_dir} exists and was not built here (no built_from.json); refusing to replace it")
     partial = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     subprocess.run(

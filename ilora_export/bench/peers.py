@@ -47,6 +47,11 @@ def ensure_venv(venv: Path, packages, log: Callable[[str], None] = print) -> Pat
     wanted = "\n".join(packages)
     if python.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
         return python
+    if venv.exists() and not (venv / "pyvenv.cfg").is_file() and any(venv.iterdir()):
+        raise IloraError(
+            f"{venv} exists and is not a virtual environment; refusing to replace it",
+            "move it away, or choose another -o for the benchmark",
+        )
     log(f"creating the peer environment {venv} (once): python -m venv, then pip install {' '.join(packages)}")
     t0 = time.perf_counter()
     venv.parent.mkdir(parents=True, exist_ok=True)

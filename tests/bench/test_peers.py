@@ -176,3 +176,21 @@ def test_bench_help_documents_peer(capsys):
     out = capsys.readouterr().out
     assert "--peer [genai]" in out and "--peer-rounds" in out
     assert "timed back to back with our plain export on the same token ids" in " ".join(out.split())
+
+
+def test_a_folder_that_is_not_ours_is_never_replaced(tmp_path):
+    """Neither the peer's environment nor its built model replaces a folder the benchmark did not make."""
+    from ilora_export.bench import peer_genai
+
+    venv = tmp_path / "exports" / "peer-genai-venv"
+    venv.mkdir(parents=True)
+    (venv / "notes.txt").write_text("mine")
+    with pytest.raises(IloraError, match="not a virtual environment; refusing") as err:
+        peer_tools.ensure_venv(venv, ("numpy",), log=lambda m: None)
+    assert "-o" in err.value.hint
+    model_dir = tmp_path / "exports" / "peer-genai" / "fp32"
+    model_dir.mkdir(parents=True)
+    (model_dir / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="was not built here"):
+        peer_genai.build(tmp_path / "base", model_dir, "fp32")
+    assert (venv / "notes.txt").read_text() == (model_dir / "notes.txt").read_text() == "mine"
