@@ -417,6 +417,21 @@ def _drop_unused(graph) -> None:
             graph.node.remove(n)
 
 
+@dataclass
+class _AttentionSite:
+    """One layer's exported attention, as :func:`fuse_attention` found it."""
+
+    q: str  # the q projection's output [B, S, heads d], before its rotary
+    k: str  # the k projection's output [B, S, kv d], before its rotary
+    v: str  # the v projection's output [B, S, kv d]
+    past_k: str
+    past_v: str
+    scale: float  # of the scores
+    out: object  # the Reshape node producing the attention output [B, S, heads d]
+    scatter_k: object  # the ScatterND nodes writing the presents
+    scatter_v: object
+
+
 def fuse_attention(model):
     """Each layer's attention over the preallocated cache, as exported (rotary of q and k on [B, N, S, d],
     one ScatterND per cache tensor, QK^T, scale, mask, softmax, PV, back to [B, S, N d]), rewritten as
@@ -489,8 +504,8 @@ def fuse_attention(model):
             or rot_q.input[1:4] != rot_k.input[1:4]
         ):
             continue
-        sites.append((q3, k3, v3, past_k, past_v, present_k, present_v, float(scale.reshape(())), out, sk, sv))
-    past = inputs.get(sites[0][3]) if sites else None
+        sites.append(_AttentionSite(q3, k3, v3, past_k, past_v, float(scale.reshape(())), out, sk, sv))
+    past = inputs.get(sites[0].past_k) if sites else None
     if not sites or past.type.tensor_type.elem_type != TensorProto.FLOAT:
         return model, 0
     shape = [d.dim_value for d in past.type.tensor_type.shape.dim]  # [B, kv, C, d]
@@ -530,28 +545,29 @@ def fuse_attention(model):
         helper.make_node("Unsqueeze", [p + "bias3", p + "axis_h"], [p + "bias"]),  # [B, 1, S, T]
     ]
     removed = set()
-    for i, (q3, k3, v3, past_k, past_v, present_k, present_v, scale, out, sk, sv) in enumerate(sites):
-        q_heads = _heads_of(graph, q3, head_dim)
-        if not q_heads or _heads_of(graph, k3, head_dim) != kv_heads:
+    for i, site in enumerate(sites):
+        q_heads = _heads_of(graph, site.q, head_dim)
+        if not q_heads or _heads_of(graph, site.k, head_dim) != kv_heads:
             continue
+        q, k = f"{p}{i}.q", f"{p}{i}.k"
         new_nodes += [
             helper.make_node(
-                "RotaryEmbedding", [q3, positions, cos, sin], [f"{p}{i}.q"], domain="com.microsoft", num_heads=q_heads
+                "RotaryEmbedding", [site.q, positions, cos, sin], [q], domain="com.microsoft", num_heads=q_heads
             ),
             helper.make_node(
-                "RotaryEmbedding", [k3, positions, cos, sin], [f"{p}{i}.k"], domain="com.microsoft", num_heads=kv_heads
+                "RotaryEmbedding", [site.k, positions, cos, sin], [k], domain="com.microsoft", num_heads=kv_heads
             ),
             helper.make_node(
                 "GroupQueryAttention",
-                [f"{p}{i}.q", f"{p}{i}.k", v3, past_k, past_v, p + "seqlens", p + "total", "", "", "", p + "bias"],
-                [out.output[0], present_k, present_v],
+                [q, k, site.v, site.past_k, site.past_v, p + "seqlens", p + "total", "", "", "", p + "bias"],
+                [site.out.output[0], site.scatter_k.output[0], site.scatter_v.output[0]],
                 domain="com.microsoft",
                 num_heads=q_heads,
                 kv_num_heads=kv_heads,
-                scale=scale,
+                scale=site.scale,
             ),
         ]
-        removed |= {id(sk), id(sv), id(out)}
+        removed |= {id(site.scatter_k), id(site.scatter_v), id(site.out)}
     fused = sum(1 for n in new_nodes if n.op_type == "GroupQueryAttention")
     if not fused:
         return model, 0
