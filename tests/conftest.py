@@ -100,6 +100,14 @@ def tiny_export(tmp_path_factory, tiny_llama_dir, toy_data_dir):
     return ckpt, export_checkpoint(ckpt, root / "onnx")
 
 
+@pytest.fixture(scope="session")
+def tiny_export_fp16(tmp_path_factory, tiny_export):
+    """The fp16 export of ``tiny_export``'s checkpoint (the graph TensorRT's --fp16 builds from)."""
+    from ilora_export.export.package import export_checkpoint
+
+    return export_checkpoint(tiny_export[0], tmp_path_factory.mktemp("tiny_export_fp16") / "onnx", dtype="fp16")
+
+
 def _mount(args: list[str], target: Path) -> bool:
     import subprocess
 

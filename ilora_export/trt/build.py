@@ -63,7 +63,12 @@ def build_engines(
     rel = os.path.relpath(info.path, out)
     commands = {
         name: trtexec_command(
-            f"{rel}/{name}.onnx", f"{name}.plan", profiles[name], timing_cache=TIMING_CACHE, workspace_mib=workspace_mib
+            f"{rel}/{name}.onnx",
+            f"{name}.plan",
+            profiles[name],
+            timing_cache=TIMING_CACHE,
+            fp32=info.dtype == "float32",
+            workspace_mib=workspace_mib,
         )
         for name in ("encoder", "decoder")
     }

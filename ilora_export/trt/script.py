@@ -8,9 +8,17 @@ from ilora_export.trt.profiles import shape_arg
 
 
 def trtexec_command(
-    onnx_path: str, engine_path: str, profiles: dict, *, timing_cache: str, workspace_mib: int | None = None
+    onnx_path: str,
+    engine_path: str,
+    profiles: dict,
+    *,
+    timing_cache: str,
+    fp32: bool,
+    workspace_mib: int | None = None,
 ) -> list[str]:
-    """One trtexec invocation: a --minShapes/--optShapes/--maxShapes group per profile, in order."""
+    """One trtexec invocation. Each profile is ``--profile=N`` followed directly by its ``--minShapes``,
+    ``--optShapes`` and ``--maxShapes`` (trtexec accepts several profiles in no other form); ``--noTF32``
+    keeps an fp32 graph's matmuls in fp32 (TensorRT enables TF32 by default)."""
     cmd = [
         "trtexec",
         f"--onnx={onnx_path}",
@@ -19,9 +27,12 @@ def trtexec_command(
         f"--timingCacheFile={timing_cache}",
         "--skipInference",
     ]
+    if fp32:
+        cmd.append("--noTF32")
     if workspace_mib:
         cmd.append(f"--memPoolSize=workspace:{workspace_mib}M")
-    for profile in profiles.values():
+    for index, profile in enumerate(profiles.values()):
+        cmd.append(f"--profile={index}")
         for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
             cmd.append(flag + "=" + ",".join(f"{name}:{shape_arg(shapes[i])}" for name, shapes in profile.items()))
     return cmd
@@ -39,18 +50,3 @@ def build_script(commands: dict[str, list[str]], *, header: str) -> str:
     for name, cmd in commands.items():
         lines += [f"# {name}", " \\\n    ".join(shlex.quote(c) for c in cmd), ""]
     return "\n".join(lines)
-
-
-def parse_shapes(command: list[str]) -> list[dict[str, tuple]]:
-    """The profiles a trtexec command line defines (for checking an emitted script)."""
-    profiles: list[dict] = []
-    for arg in command:
-        for i, flag in enumerate(("--minShapes=", "--optShapes=", "--maxShapes=")):
-            if arg.startswith(flag):
-                if i == 0:
-                    profiles.append({})
-                for item in arg[len(flag) :].split(","):
-                    name, dims = item.rsplit(":", 1)
-                    shape = tuple(int(d) for d in dims.split("x"))
-                    profiles[-1].setdefault(name, [None, None, None])[i] = shape
-    return [{n: tuple(v) for n, v in p.items()} for p in profiles]

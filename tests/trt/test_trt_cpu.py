@@ -1,7 +1,9 @@
 """Everything around the TensorRT engine build that runs without TensorRT or a GPU."""
 
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -10,8 +12,8 @@ from ilora_export.trt.binding import BindingPlan
 from ilora_export.trt.build import SCRIPT, build_engines, engine_profiles
 from ilora_export.trt.engine import EngineError, check_metadata
 from ilora_export.trt.profiles import Limits
-from ilora_export.trt.script import parse_shapes
 from tests.factories import cli_exit_code
+from tests.trt.trtexec_args import TrtexecArgError, parse_build_args
 
 LIMITS = Limits(max_batch=4, max_prompt=300, max_new_tokens=16, num_candidates=20)
 
@@ -43,21 +45,66 @@ def test_profiles_follow_manifest_and_limits(tiny_export):
     assert enc["seq"][2] == (4, 10) and enc["items"][1] == (2, 30)
 
 
-def test_emitted_trtexec_script_has_the_same_profiles(tiny_export, tmp_path):
-    info = read_manifest(tiny_export[1])
-    out = build_engines(tiny_export[1], tmp_path / "eng", limits=LIMITS, emit_script=True, log=lambda m: None)
-    script = (out / SCRIPT).read_text()
+def _run_script_with_recording_trtexec(folder, tmp_path) -> list[list[str]]:
+    """Run ``folder/build_engines.sh`` with a stand-in ``trtexec`` first on PATH that records its argv (as
+    bash passes it) and writes the --saveEngine file; the recorded command lines, in call order."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "trtexec-calls"
+    bin_dir.mkdir(exist_ok=True)
+    log.mkdir(exist_ok=True)
+    stand_in = bin_dir / "trtexec"
+    stand_in.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"log = {str(log)!r}\n"
+        "n = len(os.listdir(log))\n"
+        "json.dump(sys.argv, open(os.path.join(log, f'{n:03d}.json'), 'w'))\n"
+        "for a in sys.argv[1:]:\n"
+        "    if a.startswith('--saveEngine='):\n"
+        "        open(a.split('=', 1)[1], 'wb').write(b'plan')\n"
+    )
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", str(folder / SCRIPT)], check=True, env=env, cwd=tmp_path)
+    return [json.loads(f.read_text()) for f in sorted(log.iterdir())]
+
+
+def test_trtexec_rules_checker_accepts_the_profile_grammar_only():
+    good = ["trtexec", "--onnx=m.onnx", "--profile=0", "--minShapes=x:1x2", "--optShapes=x:2x2", "--maxShapes=x:4x2"]
+    good += ["--profile=1", "--maxShapes=x:4x1", "--minShapes=x:1x1", "--optShapes=x:2x1"]
+    assert parse_build_args(good)["profiles"] == [{"x": ((1, 2), (2, 2), (4, 2))}, {"x": ((1, 1), (2, 1), (4, 1))}]
+    single = ["trtexec", "--minShapes=x:1x2", "--optShapes=x:2x2", "--maxShapes=x:4x2"]
+    assert len(parse_build_args(single)["profiles"]) == 1
+    two_groups = single + ["--minShapes=x:1x1", "--optShapes=x:2x1", "--maxShapes=x:4x1"]
+    with pytest.raises(TrtexecArgError, match="without --profile are not allowed"):
+        parse_build_args(two_groups)
+    with pytest.raises(TrtexecArgError, match="cannot be the same"):
+        parse_build_args(good[:6] + ["--profile=0"] + good[7:])
+    with pytest.raises(TrtexecArgError, match="missing shape spec"):
+        parse_build_args(["trtexec"] + good[6:])  # profile 1 without a profile 0
+    with pytest.raises(TrtexecArgError, match="Unknown option"):
+        parse_build_args(["trtexec", "--fp32"])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_emitted_script_follows_trtexec_rules_and_builds_loadable_plans(tiny_export, tiny_export_fp16, tmp_path, dtype):
+    export = tiny_export[1] if dtype == "fp32" else tiny_export_fp16
+    info = read_manifest(export)
+    out = build_engines(
+        export, tmp_path / "eng", fp16=dtype == "fp16", limits=LIMITS, emit_script=True, log=lambda m: None
+    )
     subprocess.run(["bash", "-n", str(out / SCRIPT)], check=True)  # valid bash
-    blocks = [b for b in script.split("\n\n") if "trtexec" in b]
-    assert len(blocks) == 2
-    for block, graph in zip(blocks, ("encoder", "decoder")):
-        args = [a.strip().strip("'") for a in block.replace("\\\n", " ").split() if a.startswith(("--", "'--"))]
-        assert "--stronglyTyped" in args and f"--saveEngine={graph}.plan" in args
-        assert "--timingCacheFile=timing.cache" in args
-        expected = list(engine_profiles(info, LIMITS)[graph].values())
-        assert parse_shapes(args) == [{n: s for n, s in p.items()} for p in expected]
+    calls = _run_script_with_recording_trtexec(out, tmp_path)
+    assert [os.path.basename(c[0]) for c in calls] == ["trtexec", "trtexec"]
+    for argv, graph in zip(calls, ("encoder", "decoder")):
+        parsed = parse_build_args(argv)  # raises where trtexec would stop
+        opts = parsed["options"]
+        assert "--stronglyTyped" in opts and opts["--saveEngine"] == f"{graph}.plan"
+        assert opts["--timingCacheFile"] == "timing.cache"
+        assert ("--noTF32" in opts) == (dtype == "fp32")  # fp32 engines keep fp32 matmuls
+        assert (out / opts["--onnx"]).resolve() == (export / f"{graph}.onnx").resolve()
+        assert parsed["profiles"] == list(engine_profiles(info, LIMITS)[graph].values())
     index = json.loads((out / "engines.json").read_text())
-    assert index["limits"]["max_prompt"] == 300 and index["dtype"] == "float32"
+    assert index["limits"]["max_prompt"] == 300 and index["dtype"] == info.dtype
 
 
 def test_binding_plan_ping_pongs_a_preallocated_cache(tiny_export):
