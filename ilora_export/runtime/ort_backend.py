@@ -54,6 +54,23 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def check_active_providers(session, device: str) -> list[str]:
+    """The providers ``session`` runs on; IloraError when ``device`` asked for CUDA and the session lacks
+    the CUDA provider (onnxruntime-gpu whose CUDA or cuDNN libraries failed to load falls back to the CPU
+    provider without raising)."""
+    active = session.get_providers()
+    if device != "cpu" and "CUDAExecutionProvider" not in active:
+        ort = import_onnxruntime()
+        raise IloraError(
+            f"--device {device}: onnxruntime {ort.__version__} started the session without its CUDA provider "
+            f"(active: {', '.join(active)})",
+            "the CUDA or cuDNN libraries onnxruntime-gpu needs failed to load; onnxruntime-gpu >= 1.21 names "
+            'the missing ones with: python -c "import onnxruntime as o; o.preload_dlls(); o.print_debug_info()" '
+            "(install the CUDA and cuDNN versions it was built for), or use --device cpu",
+        )
+    return active
+
+
 def _prepared_graph(file: Path, constants: dict[str, np.ndarray] | None, fuse: bool, *, cpu: bool = True) -> bytes:
     """The graph at ``file`` (weights stay external) with the named inputs turned into initializers and,
     with ``fuse``, the adapters fused into their base projections and RMSNorm into one node; on the CPU
@@ -115,6 +132,7 @@ def open_session(
             f"{file}: onnxruntime cannot load the graph ({first})",
             "the graph or its external-data file is missing or corrupt; export again",
         ) from None
+    check_active_providers(session, device)
     if constants:
         contract = replace(contract, inputs=tuple(t for t in contract.inputs if t.name not in constants))
     contract.check_session(session)
@@ -164,6 +182,7 @@ class OrtBackend:
             constants=tensors if bank_mode != "input" else None,
             fuse=bank_mode != "folded",
         )
+        self.providers = self.decoder.get_providers()  # what the decoder actually runs on
         self.contract = info.decoder
         self.past_inputs = [t.name for t in self.contract.inputs if t.name.startswith("past_key_values.")]
         self.present_outputs = [n.replace("past_key_values.", "present.", 1) for n in self.past_inputs]
