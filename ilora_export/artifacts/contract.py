@@ -70,45 +70,52 @@ class GraphContract:
             dict(d.get("tolerance", {})),
         )
 
+    def io_problems(self, inputs, outputs, *, ordered: bool = True) -> list[str]:
+        """What differs between this contract and a loaded graph's I/O, each as one sentence.
+
+        ``inputs`` / ``outputs``: [(name, dtype, shape)] as a runtime reports them, dtype as a numpy name,
+        a dynamic dim as anything but an int (or -1). ``ordered``: the names must also come in the
+        contract's order (onnxruntime lists them as the graph declares them)."""
+        problems = []
+        for kind, declared, actual in (("input", self.inputs, inputs), ("output", self.outputs, outputs)):
+            found = {name: (dtype, shape) for name, dtype, shape in actual}
+            names = [name for name, _, _ in actual]
+            missing = [t.name for t in declared if t.name not in found]
+            extra = [n for n in names if n not in {t.name for t in declared}]
+            if missing or extra:
+                what = f"missing {missing[:3]}, unexpected {extra[:3]}"
+                problems.append(f"graph {kind}s differ from the contract ({what})")
+                continue
+            if ordered and names != [t.name for t in declared]:
+                problems.append(f"{kind}s come in another order than the contract's: {names[:4]}...")
+            for t in declared:
+                dtype, shape = found[t.name]
+                if dtype != t.dtype:
+                    problems.append(f"{kind} {t.name} is {dtype}, the contract says {t.dtype}")
+                fixed = [
+                    (n, s)
+                    for n, s in zip(t.axes, shape)
+                    if isinstance(n, int) and isinstance(s, int) and s != -1 and n != s
+                ]
+                if len(shape) != len(t.axes) or fixed:
+                    problems.append(f"{kind} {t.name} has shape {list(shape)}, the contract says {list(t.axes)}")
+        return problems
+
     def check_session(self, session) -> None:
         """Raise ExportError unless an onnxruntime session's inputs/outputs match this contract."""
-        for kind, declared, actual in (
-            ("input", self.inputs, session.get_inputs()),
-            ("output", self.outputs, session.get_outputs()),
-        ):
-            found = {a.name: a for a in actual}
-            if [a.name for a in actual] != [t.name for t in declared]:
-                missing = [t.name for t in declared if t.name not in found]
-                extra = [n for n in found if n not in {t.name for t in declared}]
-                what = (
-                    f"missing {missing[:3]}, unexpected {extra[:3]}"
-                    if missing or extra
-                    else f"the same names in another order: {[a.name for a in actual][:4]}..."
-                )
-                raise ExportError(
-                    f"{self.file}: graph {kind}s differ from the manifest's contract ({what})",
-                    "the graph and manifest.json come from different exports; export again",
-                )
-            for t in declared:
-                a = found[t.name]
-                if a.type != f"tensor({_ort_type(t.dtype)})":
-                    raise ExportError(
-                        f"{self.file}: {kind} {t.name} is {a.type}, the contract says {t.dtype}", "export again"
-                    )
-                fixed = [
-                    (i, n, s)
-                    for i, (n, s) in enumerate(zip(t.axes, a.shape))
-                    if isinstance(n, int) and isinstance(s, int) and n != s
-                ]
-                if len(a.shape) != len(t.axes) or fixed:
-                    raise ExportError(
-                        f"{self.file}: {kind} {t.name} has shape {a.shape}, the contract says {list(t.axes)}",
-                        "export again",
-                    )
+        io = [
+            [(a.name, _NUMPY_OF_ORT.get(a.type, a.type), tuple(a.shape)) for a in args]
+            for args in (session.get_inputs(), session.get_outputs())
+        ]
+        problems = self.io_problems(*io)
+        if problems:
+            raise ExportError(
+                f"{self.file}: " + "; ".join(problems[:3]),
+                "the graph and manifest.json come from different exports; export again",
+            )
 
 
-def _ort_type(dtype: str) -> str:
-    return {"float32": "float", "float16": "float16", "int64": "int64"}[dtype]
+_NUMPY_OF_ORT = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 
 @dataclass(frozen=True)

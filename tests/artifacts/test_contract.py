@@ -160,7 +160,7 @@ def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, ses
     baked = decoder_contract(export_info.shape, export_info.dtype, bake_experts=True)
     with pytest.raises(
         ExportError,
-        match=r"decoder.onnx: graph inputs differ from the manifest's contract "
+        match=r"decoder.onnx: graph inputs differ from the contract "
         r"\(missing \[\], unexpected \['bank.lora_A.down_proj', ",
     ) as err:
         baked.check_session(session)
@@ -168,9 +168,7 @@ def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, ses
     renamed = replace(decoder, outputs=(replace(decoder.outputs[0], name="scores"), *decoder.outputs[1:]))
     with pytest.raises(ExportError, match=r"graph outputs differ .*missing \['scores'\], unexpected \['logits'\]"):
         renamed.check_session(session)
-    with pytest.raises(
-        ExportError, match="decoder.onnx: input inputs_embeds is tensor\\(float\\), the contract says float16"
-    ):
+    with pytest.raises(ExportError, match="decoder.onnx: input inputs_embeds is float32, the contract says float16"):
         _with_input(decoder, "inputs_embeds", dtype="float16").check_session(session)
     with pytest.raises(
         ExportError,
@@ -184,7 +182,7 @@ def test_check_session_refuses_a_graph_that_is_not_the_contract(export_info, ses
     ):
         _with_input(decoder, "row_start", axes=("batch", 1)).check_session(session)
     reordered = replace(decoder, inputs=tuple(reversed(decoder.inputs)))
-    with pytest.raises(ExportError, match=r"graph inputs differ .*\(the same names in another order: "):
+    with pytest.raises(ExportError, match=r"inputs come in another order than the contract's: "):
         reordered.check_session(session)
     # a dynamic axis the graph happens to fix is not a mismatch (the encoder's history is fixed there)
     encoder = export_info.encoder
