@@ -3,8 +3,9 @@
 ::
 
     trt/
-      engines.json       the export it was built from, that export's manifest hash, the limits and the
-                         optimization profiles of both graphs ("built": true once the plans exist)
+      engines.json       the export it was built from (a path relative to this folder, so both can be
+                         copied together), that export's manifest hash, the limits and the optimization
+                         profiles of both graphs ("built": true once the plans exist)
       encoder.plan, decoder.plan (+ .json metadata), timing.cache, build_engines.sh
 
 Torch-free and TensorRT-free: commands that only route to an engines folder read it here.
@@ -13,6 +14,7 @@ Torch-free and TensorRT-free: commands that only route to an engines folder read
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ilora_export.errors import IloraError
@@ -53,6 +55,14 @@ def read_engines_index(folder) -> dict:
     return index
 
 
+def export_reference(export, folder) -> str:
+    """How an engines folder names its export: relative to the folder (absolute across drives)."""
+    try:
+        return os.path.relpath(Path(export).resolve(), Path(folder).resolve())
+    except ValueError:  # another drive on Windows
+        return str(Path(export).resolve())
+
+
 def engines_export_dir(folder) -> Path:
-    """The export folder an engines folder was built from."""
-    return Path(read_engines_index(folder)["export"])
+    """The export folder an engines folder was built from (a relative reference resolves from the folder)."""
+    return Path(folder) / read_engines_index(folder)["export"]

@@ -7,26 +7,23 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ilora_export.artifacts.engines import write_engines_index
+from ilora_export.artifacts.engines import export_reference, write_engines_index
 from ilora_export.artifacts.manifest import MANIFEST, read_manifest
 from ilora_export.fileio import atomic_path, sha256_file
 from ilora_export.trt.engine import (
     EngineError,
     build_engine,
     device_facts,
+    engine_metadata,
     import_tensorrt,
+    write_metadata,
 )
 from ilora_export.trt.operators import check_export
-from ilora_export.trt.profiles import Limits, decoder_profiles, encoder_profiles
+from ilora_export.trt.profiles import Limits, engine_profiles
 from ilora_export.trt.script import build_script, trtexec_command
 
 SCRIPT = "build_engines.sh"
 TIMING_CACHE = "timing.cache"
-
-
-def engine_profiles(info, limits: Limits) -> dict[str, dict]:
-    """{"encoder": {profile: ...}, "decoder": {"prefill": ..., "decode": ...}}."""
-    return {"encoder": encoder_profiles(info, limits), "decoder": decoder_profiles(info, limits)}
 
 
 def build_engines(
@@ -60,7 +57,7 @@ def build_engines(
     check_export(info, log=log)  # operators TensorRT's ONNX parser lacks: refused before anything is written
     profiles = engine_profiles(info, limits)
     out.mkdir(parents=True, exist_ok=True)
-    rel = os.path.relpath(info.path, out)
+    rel = export_reference(info.path, out)
     commands = {
         name: trtexec_command(
             f"{rel}/{name}.onnx",
@@ -76,9 +73,10 @@ def build_engines(
         f"Builds the TensorRT engines of {info.path} ({info.dtype}) on the target GPU, like "
         f"`ilora-export trt`.\nLimits: {json.dumps(limits.__dict__)}"
     )
+    manifest_sha = sha256_file(info.path / MANIFEST)
     index = {
-        "export": str(info.path.resolve()),
-        "manifest_sha256": sha256_file(info.path / MANIFEST),
+        "export": export_reference(info.path, out),
+        "manifest_sha256": manifest_sha,
         "dtype": info.dtype,
         "limits": limits.__dict__,
         "profiles": {
@@ -90,6 +88,9 @@ def build_engines(
         with atomic_path(out / SCRIPT) as tmp:
             tmp.write_text(build_script(commands, header=header), encoding="utf-8")
         os.chmod(out / SCRIPT, 0o755)
+        for name in ("encoder", "decoder"):  # what the loader checks; TensorRT's facts stay unknown here
+            meta = engine_metadata(name, info.dtype, manifest_sha, limits, profiles[name])
+            write_metadata(out / f"{name}.plan", meta)
         write_engines_index(out, index)
         log(f"wrote {out / SCRIPT}: run it where TensorRT's trtexec is installed")
         return out
@@ -100,15 +101,16 @@ def build_engines(
         f"{facts['compute_capability']}), {info.dtype} graphs, strongly typed"
     )
     for name in ("encoder", "decoder"):
-        meta = {
-            "tensorrt_module": trt.__name__,
-            "tensorrt_version": trt.__version__,
+        meta = engine_metadata(
+            name,
+            info.dtype,
+            manifest_sha,
+            limits,
+            profiles[name],
+            tensorrt_module=trt.__name__,
+            tensorrt_version=trt.__version__,
             **facts,
-            "graph": name,
-            "dtype": info.dtype,
-            "source_manifest_sha256": index["manifest_sha256"],
-            "limits": limits.__dict__,
-        }
+        )
         build_engine(
             trt,
             info.path / f"{name}.onnx",
@@ -116,6 +118,7 @@ def build_engines(
             profiles[name],
             timing_cache=out / TIMING_CACHE,
             meta=meta,
+            fp32=info.dtype == "float32",
             workspace_mib=workspace_mib,
             log=log,
         )

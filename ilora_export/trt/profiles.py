@@ -72,6 +72,11 @@ def encoder_profiles(info, limits: Limits) -> dict[str, dict[str, tuple[Shape, S
     return {"encoder": _profile(info.encoder, lo, opt, hi)}
 
 
+def engine_profiles(info, limits: Limits) -> dict[str, dict]:
+    """{"encoder": {"encoder": ...}, "decoder": {"prefill": ..., "decode": ...}}: profile order is index order."""
+    return {"encoder": encoder_profiles(info, limits), "decoder": decoder_profiles(info, limits)}
+
+
 def shape_arg(shape: Shape) -> str:
     """trtexec's dims syntax: 1x8x0x64."""
     return "x".join(str(d) for d in shape)

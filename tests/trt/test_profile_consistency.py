@@ -16,8 +16,7 @@ from onnx import TensorProto, helper
 
 from ilora_export.artifacts.contract import GraphContract, TensorSpec
 from ilora_export.artifacts.manifest import read_manifest
-from ilora_export.trt.build import engine_profiles
-from ilora_export.trt.profiles import Limits
+from ilora_export.trt.profiles import Limits, engine_profiles
 
 POINTS = ("min", "opt", "max")
 LIMITS = [

@@ -9,9 +9,9 @@ import pytest
 
 from ilora_export.artifacts.manifest import read_manifest
 from ilora_export.trt.binding import BindingPlan
-from ilora_export.trt.build import SCRIPT, build_engines, engine_profiles
+from ilora_export.trt.build import SCRIPT, build_engines
 from ilora_export.trt.engine import EngineError, check_metadata
-from ilora_export.trt.profiles import Limits
+from ilora_export.trt.profiles import Limits, engine_profiles
 from tests.factories import cli_exit_code
 from tests.trt.trtexec_args import TrtexecArgError, parse_build_args
 
