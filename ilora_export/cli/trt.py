@@ -47,15 +47,17 @@ import click
 @click.option(
     "--emit-script",
     is_flag=True,
-    help="Only write build_engines.sh, the equivalent trtexec commands, to build on the target device "
-    "(works without TensorRT).",
+    help="Only write build_engines.sh (the equivalent trtexec commands), engines.json and the plans' metadata, "
+    "to build on the target device next to a copy of the export (works without TensorRT).",
 )
 def trt(export_dir, fp16, output, max_batch, max_prompt, max_new_tokens, num_candidates, workspace_mib, emit_script):
     """Build TensorRT engines for EXPORT_DIR: the encoder, and the decoder with a prefill and a decode profile.
 
     \b
-    Each .plan gets a .json beside it (TensorRT version, GPU and compute capability, profiles, source
-    manifest hash); a timing cache is kept in the folder. Evaluate with:
+    Needs TensorRT >= 10.2 (pip install -e ".[trt]") and an NVIDIA GPU. fp32 exports build fp32
+    engines (TF32 off), fp16 exports with --fp16. Each .plan gets a .json beside it (TensorRT version,
+    GPU and compute capability, profiles, source manifest hash); a timing cache is kept in the folder.
+    Evaluate with:
       ilora-export eval ENGINES_DIR --backend trt --data DIR
     """
     from ilora_export.trt.build import build_engines

@@ -171,3 +171,20 @@ def test_trt_backend_answers_as_ort(tiny_export, toy_data_dir, tmp_path):
     ref = evaluate_backend(*open_backend(tiny_export[1], "ort"), evalset, progress=False)
     got = evaluate_backend(*open_backend(eng, "trt"), evalset, progress=False)
     assert [r["answer"] for r in got.records] == [r["answer"] for r in ref.records]
+
+
+def test_supported_tensorrt_versions_and_the_trt_extra_agree():
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from ilora_export.trt.engine import MIN_TENSORRT, version_problem
+
+    assert "GEMV" in version_problem("tensorrt", "10.1.0")
+    assert "GEMV" in version_problem("tensorrt", "8.6.1")
+    assert version_problem("tensorrt", "10.2.0") is None and version_problem("tensorrt", "11.4.0.106") is None
+    assert version_problem("tensorrt_rtx", "1.0.0") is None  # TensorRT-RTX numbers its releases apart
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert f"tensorrt>={'.'.join(map(str, MIN_TENSORRT))}" in extras["trt"]
+    assert any(r.startswith("onnxruntime-gpu") for r in extras["gpu"])
+    assert not any(r.startswith("onnxruntime>") for r in extras["gpu"])  # never both onnxruntime packages
