@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ilora_export.artifacts.tokens import CANS_EMB, HISTORY_EMB
+from ilora_export.artifacts.tokens import CANS_EMB, HISTORY_EMB, PH
 from ilora_export.errors import DataError
 
 HISTORY_SLOT = "[HistoryHere]"
@@ -66,13 +66,18 @@ def default_templates() -> PromptTemplates:
     return _parse(text, "default")
 
 
-def render_prompt(template: str, history_titles: list[str], candidate_titles: list[str]) -> str:
+def render_prompt(
+    template: str, history_titles: list[str], candidate_titles: list[str], *, text_only: bool = False
+) -> str:
     """Fill both slots: titles joined with ``", "``, each followed by a space and its placeholder token.
 
-    Slots are replaced in one pass, so a title that happens to contain a slot's text stays as it is.
+    ``text_only``: every title is followed by ``[PH]`` instead, a plain token whose embedding no item
+    replaces (the official training's text-only prompts). Slots are replaced in one pass, so a title that
+    happens to contain a slot's text stays as it is.
     """
-    history = ", ".join(f"{title} {HISTORY_EMB}" for title in history_titles)
-    candidates = ", ".join(f"{title} {CANS_EMB}" for title in candidate_titles)
+    hist_token, cans_token = (PH, PH) if text_only else (HISTORY_EMB, CANS_EMB)
+    history = ", ".join(f"{title} {hist_token}" for title in history_titles)
+    candidates = ", ".join(f"{title} {cans_token}" for title in candidate_titles)
     return _SLOTS.sub(lambda m: history if m.group(0) == HISTORY_SLOT else candidates, template)
 
 
