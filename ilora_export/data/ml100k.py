@@ -17,6 +17,16 @@ Output (the LLaRA MovieLens layout):
 * ``train_data.df``, ``Val_data.df``, ``Test_data.df`` (pandas pickles) and ``u.item``
   (``id|title (year)|release date|video release date|IMDb URL|19 genre flags``, ISO-8859-1, ids
   from 1, release dates and URLs left empty).
+
+Titles: ``u.item`` holds title fields (``title (year)``); the project's loaders read them with
+:func:`ilora_export.data.llara.parse_movielens_title` (year removed, a trailing ``, The`` / ``, A`` /
+``, An`` moved to the front). :func:`read_u_item_titles` reads any ``u.item`` that way
+(``title_style="project"``, the default) or by the rule of the official iLoRA/LLaRA loaders
+(``title_style="official"``, :func:`official_movielens_title`), which gives other titles for some
+items; :func:`title_style_differences` lists them. On the ``u.item`` published with the official code
+(the MovieLens-100K original) 12 of the 1,682 titles differ; on the ``u.item`` built here 8 do:
+RecBole's copy has no trailing space after three title fields and no `` (V)`` after item 1412's, the
+four fields whose last 7 characters are not `` (YYYY)``.
 """
 
 from __future__ import annotations
@@ -72,6 +82,97 @@ _YEAR = re.compile(r"^\d{4}$")
 _TRAILING_YEAR = re.compile(r"^(.*\S) \((\d{4})\)$")
 #: RecBole's copy misspells the title of ML-100K item 267, which u.item calls "unknown".
 _TITLE_FIXES = {"unkonwn": "unknown"}
+
+
+#: How u.item titles are read: ``project`` (the default) or ``official`` (the official loaders' rule).
+TITLE_STYLES = ("project", "official")
+#: The official rule's article suffixes, in the order it tries them: the first one that occurs anywhere
+#: in the title wins, so ``", An"`` is never reached (``", A"`` occurs in every title holding it).
+_OFFICIAL_SUFFIXES = ((", The", "The"), (", A", "A"), (", An", "An"))
+#: The official rule removes this many characters from the end of the title field (meant: `` (YYYY)``).
+_OFFICIAL_YEAR_CHARS = 7
+
+
+def official_movielens_title(field: str) -> str:
+    """A ``u.item`` title field as the official iLoRA/LLaRA MovieLens loader turns it into a title.
+
+    The rule, reproduced as it is (faults included):
+
+    1. the field's last 7 characters are cut, whatever they are (meant to be `` (YYYY)``): ``"unknown"``
+       becomes ``""``, ``"Two Friends (1986) "`` keeps a trailing space, ``"... Giving (1995) (V)"``
+       becomes ``"... Giving (19"``;
+    2. the first of ``", The"``, ``", A"``, ``", An"`` that occurs anywhere in what is left is removed
+       everywhere in it, and its article (``The``, ``A``, ``An``) and a space are put in front; as
+       ``", A"`` is tried before ``", An"``, ``"American in Paris, An"`` becomes
+       ``"A American in Parisn"``, and ``"Good, The Bad and The Ugly, The"`` becomes
+       ``"The Good Bad and The Ugly"``;
+    3. otherwise the cut field is the title.
+
+    An empty title occurs as a substring in every answer: the official evaluation finds it in every answer
+    of a row that lists it among the candidates, so such a row is valid only when the answer names no
+    other candidate (and then correct only when the target is that item).
+    """
+    title = field[: max(0, len(field) - _OFFICIAL_YEAR_CHARS)]
+    for suffix, article in _OFFICIAL_SUFFIXES:
+        if suffix in title:
+            return article + " " + "".join(title.split(suffix))
+    return title
+
+
+def movielens_title(field: str, title_style: str = "project") -> str:
+    """A ``u.item`` title field read in ``title_style`` (one of :data:`TITLE_STYLES`)."""
+    if title_style == "official":
+        return official_movielens_title(field)
+    if title_style == "project":
+        from ilora_export.data.llara import parse_movielens_title
+
+        return parse_movielens_title(field)
+    raise DataError(
+        f"unknown title style {title_style!r}", hint=f"use one of {', '.join(repr(s) for s in TITLE_STYLES)}"
+    )
+
+
+def read_u_item_titles(path: str | os.PathLike, title_style: str = "project") -> dict[int, str]:
+    """Item id (from 0, as the split files count) -> title of a MovieLens ``u.item`` file (ISO-8859-1,
+    ``id|title|...``, ids from 1), read in ``title_style``.
+
+    ``"project"`` gives the titles the project's loaders use; ``"official"`` the titles the official
+    code shows the LLM and matches answers against (:func:`official_movielens_title`); official titles
+    may be empty. Blank lines are skipped; a line ends at ``\\n``, ``\\r\\n`` or ``\\r``.
+    """
+    movielens_title("", title_style)  # an unknown style is refused before the file is read
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="iso-8859-1")
+    except OSError as err:
+        raise DataError(
+            f"{path}: cannot be read ({err.strerror or err})", hint="give a MovieLens u.item file"
+        ) from None
+    titles: dict[int, str] = {}
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line:
+            continue
+        fields = line.split("|")
+        try:
+            item = int(fields[0]) - 1
+        except ValueError:
+            item = -1
+        if len(fields) < 2 or item < 0:
+            raise DataError(
+                f"{path}: line {lineno} is not 'id|title|...' with an id from 1: {line[:60]!r}",
+                hint="u.item is the MovieLens-100K item file",
+            )
+        if item in titles:
+            raise DataError(f"{path}: line {lineno} repeats item id {item + 1}", hint="each item id must appear once")
+        titles[item] = movielens_title(fields[1], title_style)
+    return titles
+
+
+def title_style_differences(path: str | os.PathLike) -> dict[int, tuple[str, str]]:
+    """Item id (from 0) -> (project title, official title) for the items of a ``u.item`` file whose
+    titles differ between the two styles."""
+    project, official = read_u_item_titles(path, "project"), read_u_item_titles(path, "official")
+    return {i: (project[i], official[i]) for i in sorted(project) if project[i] != official[i]}
 
 
 def _read_atomic(path: Path, what: str) -> tuple[list[str], list[list[str]]]:

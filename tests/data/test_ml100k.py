@@ -220,3 +220,113 @@ def test_demo_data_command(tmp_path, ml):
     assert again.exit_code == 0 and again.output == result.output
     missing = CliRunner().invoke(cli, ["demo-data", "ml100k"])
     assert missing.exit_code == 2 and "Missing option '-o'" in missing.output
+
+
+# --------------------------------------------------------------------------------------------------
+# Title styles: the project's parsing of u.item titles and the official loaders' rule
+
+#: u.item title field -> (project title, official title), for the kinds of field the two rules treat
+#: differently and for ones both treat alike.
+TITLE_CASES = {
+    "Toy Story (1995)": ("Toy Story", "Toy Story"),
+    "Usual Suspects, The (1995)": ("The Usual Suspects", "The Usual Suspects"),
+    "Time to Kill, A (1996)": ("A Time to Kill", "A Time to Kill"),
+    "Á köldum klaka (Cold Fever) (1994)": ("Á köldum klaka (Cold Fever)", "Á köldum klaka (Cold Fever)"),
+    "unknown": ("unknown", ""),
+    "American in Paris, An (1951)": ("An American in Paris", "A American in Parisn"),
+    "Good, The Bad and The Ugly, The (1966)": ("The Good, The Bad and The Ugly", "The Good Bad and The Ugly"),
+    "Die xue shuang xiong (Killer, The) (1989)": (
+        "Die xue shuang xiong (Killer, The)",
+        "The Die xue shuang xiong (Killer)",
+    ),
+    "Two Friends (1986) ": ("Two Friends", "Two Friends "),
+    "Land Before Time III: The Time of the Great Giving (1995) (V)": (
+        "Land Before Time III: The Time of the Great Giving (1995) (V)",
+        "Land Before Time III: The Time of the Great Giving (19",
+    ),
+}
+
+#: The items (u.item ids) whose titles differ between the styles in the u.item built from the wheel.
+DEMO_DIFFERENCES = {
+    177: ("The Good, The Bad and The Ugly", "The Good Bad and The Ugly"),
+    267: ("unknown", ""),
+    436: ("An American Werewolf in London", "A American Werewolf in Londonn"),
+    602: ("An American in Paris", "A American in Parisn"),
+    966: ("An Affair to Remember", "A Affair to Remembern"),
+    1005: (
+        "Double vie de Véronique, La (Double Life of Veronique, The)",
+        "The Double vie de Véronique, La (Double Life of Veronique)",
+    ),
+    1019: ("Die xue shuang xiong (Killer, The)", "The Die xue shuang xiong (Killer)"),
+    1227: ("An Awfully Big Adventure", "A Awfully Big Adventuren"),
+}
+
+#: Title fields of the MovieLens-100K original u.item (as published with the official code) that
+#: RecBole's copy, and so the u.item built here, writes otherwise.
+ORIGINAL_FIELDS = {
+    1128: "Heidi Fleiss: Hollywood Madam (1995) ",
+    1201: "Marlene Dietrich: Shadow and Light (1996) ",
+    1412: "Land Before Time III: The Time of the Great Giving (1995) (V)",
+    1635: "Two Friends (1986) ",
+}
+
+
+@pytest.mark.parametrize("field", sorted(TITLE_CASES))
+def test_title_styles(field):
+    project, official = TITLE_CASES[field]
+    assert ml100k.movielens_title(field) == project  # the default
+    assert ml100k.movielens_title(field, "project") == project
+    assert ml100k.movielens_title(field, "official") == ml100k.official_movielens_title(field) == official
+
+
+def test_unknown_title_style_is_refused(tmp_path):
+    with pytest.raises(DataError, match="unknown title style 'llara'") as err:
+        ml100k.read_u_item_titles(tmp_path / "missing", "llara")  # refused before the file is read
+    assert "'project', 'official'" in err.value.hint
+
+
+def test_read_u_item_titles_refuses_broken_files(tmp_path):
+    with pytest.raises(DataError, match="cannot be read"):
+        ml100k.read_u_item_titles(tmp_path / "u.item")
+    bad = tmp_path / "bad.item"
+    for text, message in [
+        ("1|Toy Story (1995)|\nTwo|Jumanji (1995)|\n", "line 2 is not 'id|title"),
+        ("0|Toy Story (1995)|\n", "line 1 is not 'id|title.*id from 1"),
+        ("1\n", "line 1 is not"),
+        ("1|Toy Story (1995)|\n1|Toy Story (1995)|\n", "line 2 repeats item id 1"),
+    ]:
+        bad.write_text(text, encoding="iso-8859-1")
+        with pytest.raises(DataError, match=message):
+            ml100k.read_u_item_titles(bad, "official")
+
+
+def test_title_styles_on_the_built_u_item(ml):
+    from ilora_export.data.llara import load_catalogue
+
+    project = ml100k.read_u_item_titles(ml / "u.item")
+    official = ml100k.read_u_item_titles(ml / "u.item", title_style="official")
+    assert project == load_catalogue(ml).titles  # the default is what the project's loader reads
+    assert sorted(official) == list(range(PAD))
+    differences = ml100k.title_style_differences(ml / "u.item")
+    assert {i + 1: pair for i, pair in differences.items()} == DEMO_DIFFERENCES
+    assert all(official[i] == project[i] for i in range(PAD) if i not in differences)
+    assert sum(official[i] == "" for i in range(PAD)) == 1  # item 267, "unknown"
+
+
+def test_title_styles_on_the_original_title_fields(ml, tmp_path):
+    """With the four title fields the original u.item writes otherwise, 12 of the 1,682 titles differ."""
+    lines = (ml / "u.item").read_bytes().decode("iso-8859-1").split("\n")
+    for item, field in ORIGINAL_FIELDS.items():
+        fields = lines[item - 1].split("|")
+        assert int(fields[0]) == item and fields[1] == field.rstrip().removesuffix(" (V)")
+        lines[item - 1] = "|".join([fields[0], field, *fields[2:]])
+    original = tmp_path / "u.item"
+    original.write_bytes("\r\n".join(lines).encode("iso-8859-1"))  # any line end reads the same
+    differences = {i + 1: pair for i, pair in ml100k.title_style_differences(original).items()}
+    assert len(differences) == 12
+    assert sorted(differences) == sorted([*DEMO_DIFFERENCES, *ORIGINAL_FIELDS])
+    assert differences[1128] == ("Heidi Fleiss: Hollywood Madam", "Heidi Fleiss: Hollywood Madam ")
+    assert differences[1412] == (
+        TITLE_CASES[ORIGINAL_FIELDS[1412]][0],
+        "Land Before Time III: The Time of the Great Giving (19",
+    )
