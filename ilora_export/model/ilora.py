@@ -158,9 +158,15 @@ class ILoRAModel(nn.Module):
         return embeds.index_put((row, position), items[row, item])  # [B, S, H]
 
     # -- forward / generation ------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask, seq, len_seq, candidates, labels=None):
-        """Teacher-forced forward (training): returns the HF output with ``loss`` when labels given."""
-        embeds = self.embed_prompt(input_ids, seq, len_seq, candidates)
+    def forward(self, input_ids, attention_mask, seq, len_seq, candidates, labels=None, *, items: bool = True):
+        """Teacher-forced forward (training): returns the HF output with ``loss`` when labels given.
+
+        ``items=False``: a text-only prompt (``[PH]`` tokens keep their own embedding; the projector is
+        not used), as in the official training's curriculum."""
+        if items:
+            embeds = self.embed_prompt(input_ids, seq, len_seq, candidates)  # [B, S, H]
+        else:
+            embeds = self.llm.get_input_embeddings()(input_ids)  # [B, S, H]
         gate = self.gate_weights(seq, len_seq)
         position_ids = positions_from_mask(attention_mask)
         with self.expert_gate.use(gate):

@@ -56,17 +56,46 @@ class PromptBuilder:
     def _title(self, item: int) -> str:
         return self.titles(item) if callable(self.titles) else self.titles[item]
 
-    def text(self, seq, len_seq: int, candidates, template_index: int = 0) -> str:
+    def text(self, seq, len_seq: int, candidates, template_index: int = 0, *, text_only: bool = False) -> str:
         template = self.templates.templates[template_index % len(self.templates.templates)]
-        return render_prompt(template, [self._title(i) for i in seq[:len_seq]], [self._title(i) for i in candidates])
+        return render_prompt(
+            template,
+            [self._title(i) for i in seq[:len_seq]],
+            [self._title(i) for i in candidates],
+            text_only=text_only,
+        )
 
-    def encode(self, seq, len_seq: int, candidates, *, template_index: int = 0, answer: int | None = None) -> Example:
-        ids = self.tokenizer(self.text(seq, len_seq, candidates, template_index), add_special_tokens=True)["input_ids"]
+    def encode(
+        self,
+        seq,
+        len_seq: int,
+        candidates,
+        *,
+        template_index: int = 0,
+        answer: int | None = None,
+        text_only: bool = False,
+        pair: bool = False,
+    ) -> Example:
+        """Token ids of one prompt, and with ``answer`` the answer appended and its ``labels``.
+
+        ``pair``: the answer is tokenised as the second sequence of a pair, as the official training does,
+        so a tokenizer that opens every sequence with BOS (Llama) puts one before the answer, and the
+        labels are BOS + title + newline; otherwise (tokenizers without BOS) it equals the default.
+        ``text_only``: titles carry ``[PH]`` instead of placeholders (no item embeddings)."""
+        prompt = self.text(seq, len_seq, candidates, template_index, text_only=text_only)
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         labels = None
         if answer is not None:
-            ans = self.tokenizer(self._title(answer) + self.terminator, add_special_tokens=False)["input_ids"]
-            labels = [IGNORE_INDEX] * len(ids) + ans
-            ids = ids + ans
+            answer_text = self._title(answer) + self.terminator
+            if pair:
+                both = self.tokenizer(prompt, answer_text, add_special_tokens=True)["input_ids"]
+                if both[: len(ids)] != ids:
+                    raise ValueError("the tokenizer encodes a prompt differently alone and as a pair's first part")
+                ans = both[len(ids) :]
+            else:
+                ans = self.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+            labels = [IGNORE_INDEX] * len(ids) + list(ans)
+            ids = ids + list(ans)
         return Example(list(ids), list(seq), int(len_seq), list(candidates), labels)
 
     def collate(self, examples: list[Example], *, padding_side: str = "left") -> PromptBatch:

@@ -17,6 +17,7 @@ on a non-finite loss or gradient norm.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,6 +37,7 @@ from ilora_export.artifacts.kinds import CHECKPOINT, TRAIN_STATE, describe_folde
 from ilora_export.errors import CheckpointError, DataError, IloraError
 from ilora_export.fileio import atomic_dir, atomic_path, check_replaceable, find_hash_problem, sha256_file
 from ilora_export.schema import build, opt
+from ilora_export.train import schedule
 from ilora_export.train.recipe import Recipe, recipe_to_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -215,16 +217,6 @@ class TrainStream:
         return list(seq), int(len_seq), list(cands), int(target), int(rng.integers(self.num_templates))
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 # --------------------------------------------------------------------------------------------------
 # Trainer state
 
@@ -350,35 +342,53 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float, step: int) -
     return norm
 
 
-def _step_loss(model, builder, stream: TrainStream, step: int, tc, device: str) -> float:
-    """Forward and backward of optimizer step ``step`` (0-based; ``grad_accum`` micro-batches); its mean loss."""
+def _step_loss(model, builder, stream: TrainStream, step: int, tc, device: str, seed: int, precision) -> float:
+    """Forward and backward of optimizer step ``step`` (0-based; ``grad_accum`` micro-batches); its mean loss.
+
+    ``precision``: the context forward passes run in (autocast for mixed precision)."""
     per_step = tc.batch_size * tc.grad_accum
+    official = tc.schedule == "official"
     total = 0.0
     for micro in range(tc.grad_accum):
         g0 = step * per_step + micro * tc.batch_size
+        plain = official and schedule.text_only(seed, step * tc.grad_accum + micro, tc.max_steps * tc.grad_accum)
         examples = []
         for g in range(g0, g0 + tc.batch_size):
             seq, len_seq, cands, target, tmpl = stream.sample(g)
-            examples.append(builder.encode(seq, len_seq, cands, template_index=tmpl, answer=target))
+            examples.append(
+                builder.encode(seq, len_seq, cands, template_index=tmpl, answer=target, text_only=plain, pair=official)
+            )
         batch = builder.collate(examples, padding_side="right").to(device)
-        loss = (
-            model(
-                batch.input_ids, batch.attention_mask, batch.seq, batch.len_seq, batch.candidates, labels=batch.labels
-            ).loss
-            / tc.grad_accum
-        )
+        with precision():
+            out = model(
+                batch.input_ids,
+                batch.attention_mask,
+                batch.seq,
+                batch.len_seq,
+                batch.candidates,
+                labels=batch.labels,
+                items=not plain,
+            )
+        loss = out.loss.float() / tc.grad_accum
         loss.backward()
         total += loss.item()
     return total
 
 
 def finetune(
-    recipe: Recipe, *, progress: bool = True, resume: bool = True, log: Callable[[str], None] | None = None
+    recipe: Recipe,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
 ) -> FinetuneResult:
     """Run both stages of a recipe; returns where the checkpoint is. The Python API of ``finetune``.
 
     ``resume=False`` starts over: stage 1 is trained again and the trainer state is not read. ``log``
-    receives one line per decision (stage 1 reused or trained, checkpoint re-saved).
+    receives one line per decision (stage 1 reused or trained, checkpoint re-saved). ``on_checkpoint(step,
+    path)`` is called after each checkpoint is written, and once at step 0 of a fresh run (the untrained
+    adapter), e.g. to evaluate a learning curve.
     """
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.base.loading import check_base_model_dir, load_base_model
@@ -438,8 +448,17 @@ def finetune(
         recipe.data.max_train_rows,
     )
     params = list(model.trainable_parameters().values())
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, tc.max_steps))
+    mixed = tc.dtype != "float32"
+    if mixed:  # master weights: the optimiser updates float32 copies; forward passes autocast to tc.dtype
+        for p in params:
+            p.data = p.data.float()
+
+    def precision():
+        if not mixed:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=DTYPES[tc.dtype])
+
+    optimizer, scheduler = schedule.build_optimizer(model, tc, examples_per_epoch=len(stream))
     step, history, recent = 0, [], []
     if state is not None:
         _restore_state(state_dir, model, optimizer, scheduler)
@@ -458,14 +477,17 @@ def finetune(
         )
 
     start = step
+    if on_checkpoint is not None and step == 0:
+        save_ckpt()
+        on_checkpoint(0, out / CKPT_DIR)
     bar = tqdm(total=tc.max_steps, initial=step, desc="finetune", unit="step", disable=not progress)
     model.train()
     model.sasrec.eval()
     while step < tc.max_steps:
         optimizer.zero_grad(set_to_none=True)
-        step_loss = _step_loss(model, builder, stream, step, tc, device)
+        step_loss = _step_loss(model, builder, stream, step, tc, device, recipe.seed, precision)
         _stop_unless_finite("loss", step_loss, step + 1)
-        clip_gradients(params, tc.max_grad_norm, step + 1)
+        clip_gradients(params, tc.max_grad_norm if schedule.clips_gradients(tc) else math.inf, step + 1)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -484,6 +506,8 @@ def finetune(
         if step % tc.save_every == 0 or step == tc.max_steps:
             save_ckpt()
             _save_state(state_dir, model, optimizer, scheduler, step=step, log=history, recent=recent, stage1=key)
+            if on_checkpoint is not None:
+                on_checkpoint(step, out / CKPT_DIR)
             model.train()
             model.sasrec.eval()
     bar.close()
@@ -495,7 +519,8 @@ def finetune(
 
     eval_summary = None
     if tc.eval_rows != 0:
-        eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
+        with precision():
+            eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
     return FinetuneResult(
         out / CKPT_DIR, step, history[-1]["loss"] if history else None, eval_summary, time.perf_counter() - t_start
     )

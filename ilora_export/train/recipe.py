@@ -87,10 +87,14 @@ class TrainConfig:
     max_steps: int = opt(200, ge=1)
     batch_size: int = opt(4, ge=1)
     grad_accum: int = opt(1, ge=1)
+    schedule: str = opt("cosine", choices=("cosine", "official"))  # train/schedule.py
     lr: float = opt(5e-4, gt=0, lt=10)
     weight_decay: float = opt(0.0, ge=0)
-    warmup_steps: int = opt(10, ge=0)
-    max_grad_norm: float = opt(1.0, gt=0)
+    warmup_steps: int = opt(10, ge=0)  # cosine only; official warms up over max_steps // 20
+    max_grad_norm: float = opt(1.0, gt=0)  # cosine only; official does not clip
+    warmup_start_lr: float = opt(7e-6, ge=0)  # official only
+    min_lr: float | None = opt(None, ge=0)  # official only; null = lr / 100
+    gate_lr_scale: float = opt(0.3, gt=0)  # official only: the gating network's lr (and its warm-up/floor)
     save_every: int = opt(50, ge=1)
     log_every: int = opt(10, ge=1)
     device: str = opt("cpu", choices=("cpu", "cuda"))

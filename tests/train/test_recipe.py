@@ -484,4 +484,4 @@ def test_recipe_keys_lists_every_leaf():
     keys = recipe_keys()
     assert keys[:3] == ["output_dir", "base_model", "seed"]
     assert "data.root" in keys and "adapter.target_modules" in keys and "train.eval_rows" in keys
-    assert "data" not in keys and len(keys) == len(set(keys)) == 3 + 4 + 8 + 7 + 12
+    assert "data" not in keys and len(keys) == len(set(keys)) == 3 + 4 + 8 + 7 + 16
