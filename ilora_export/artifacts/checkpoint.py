@@ -41,6 +41,12 @@ TOKENIZER = "tokenizer"
 CATALOGUE = "catalogue.json"
 PROMPTS = "prompts.txt"
 
+# How a checkpoint's prompts are built and answered (config.json's ``prompts.style``): "project" for the
+# project's own checkpoints; "official" for checkpoints imported from the official iLoRA code, whose loader
+# strips every template line and whose generation bans EOS at the first step (min_new_tokens=1).
+PROJECT_PROMPTS, OFFICIAL_PROMPTS = "project", "official"
+PROMPT_STYLES = (PROJECT_PROMPTS, OFFICIAL_PROMPTS)
+
 
 def base_model_fingerprint(base_dir: Path) -> str:
     """Cheap identity of a base-model folder: its config.json plus the names and sizes of its weights."""
@@ -81,6 +87,7 @@ class _CatalogueRecord:
 class _PromptsRecord:
     source: str = opt()
     count: int = opt(ge=1)
+    style: str = opt(PROJECT_PROMPTS, choices=PROMPT_STYLES)  # absent in checkpoints written before it
 
 
 @dataclass
@@ -97,6 +104,11 @@ class _ConfigRecord:
     prompts: _PromptsRecord = opt()
     files: dict[str, str] = opt(nonempty=True)
     extra: dict | None = opt()
+
+
+def prompts_style(config: Mapping) -> str:
+    """A validated config.json's ``prompts.style`` ("project" when absent)."""
+    return config["prompts"].get("style", PROJECT_PROMPTS)
 
 
 @dataclass
@@ -121,6 +133,8 @@ def _config_problems(config) -> list[str]:
     raw = {"extra": None} | dict(config)
     if isinstance(raw.get("adapter"), Mapping):  # scaling = alpha / (r / K) documents the adapter; not read back
         raw["adapter"] = {k: v for k, v in raw["adapter"].items() if k != "scaling"}
+    if isinstance(raw.get("prompts"), Mapping):  # checkpoints written before prompts.style are the project's
+        raw["prompts"] = {"style": PROJECT_PROMPTS} | dict(raw["prompts"])
     problems: list[str] = []
     build(_ConfigRecord, raw, "", problems, defaults=False)
     return problems

@@ -33,6 +33,7 @@ from ilora_export.artifacts.bank import (
     is_bank_key,
     rank_of,
 )
+from ilora_export.artifacts.checkpoint import PROJECT_PROMPTS, PROMPT_STYLES
 from ilora_export.artifacts.contract import (
     GraphContract,
     ModelShape,
@@ -262,6 +263,7 @@ class _ManifestRecord:
     versions: dict = opt()
     source: _SourceRecord = opt()
     adapters: bool = opt(True)
+    prompts_style: str = opt(PROJECT_PROMPTS, choices=PROMPT_STYLES)  # the checkpoint's; absent in older exports
     quantization: _QuantizationRecord | None = opt(None)
 
     @staticmethod

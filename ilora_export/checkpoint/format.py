@@ -91,7 +91,7 @@ def save_checkpoint(
             "adapter": model.spec.to_dict(),
             "sasrec": model.sasrec.config(),
             "catalogue": {"num_items": catalogue.num_items, "pad_id": catalogue.pad_id},
-            "prompts": {"source": str(templates.source), "count": len(templates.templates)},
+            "prompts": {"source": str(templates.source), "count": len(templates.templates), "style": templates.style},
             "files": hash_tree(tmp, exclude=CONFIG),
         } | ({"extra": extra} if extra else {})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")

@@ -17,6 +17,7 @@ from ilora_export.artifacts.checkpoint import (
     TOKENIZER,
     CheckpointInfo,
     base_model_fingerprint,
+    prompts_style,
     read_checkpoint,
 )
 from ilora_export.checkpoint.format import read_tensors
@@ -119,7 +120,7 @@ def load_checkpoint(
     model.to(device=device).eval()
 
     catalogue = read_catalogue(info.path / CATALOGUE)
-    templates = read_templates(info.path / PROMPTS, cfg["prompts"]["source"])
+    templates = read_templates(info.path / PROMPTS, cfg["prompts"]["source"], prompts_style(cfg))
     return LoadedCheckpoint(model, catalogue, templates, info, base_dir, fingerprint_ok)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ilora_export.artifacts.checkpoint import prompts_style
 from ilora_export.artifacts.contract import DECODER_FILE, ENCODER_FILE, encoder_contract
 from ilora_export.artifacts.kinds import EXPORT, of_kind
 from ilora_export.artifacts.manifest import (
@@ -165,6 +166,7 @@ def export_checkpoint(
             "eos_token_ids": sorted(eos_token_ids(model.tokenizer, model.llm.generation_config)),
             "pad_token_id": model.tokenizer.pad_token_id,
             "prompts_source": cfg["prompts"]["source"],
+            "prompts_style": prompts_style(cfg),  # how prompts are built and answered (artifacts.checkpoint)
             "opset": _opset(tmp / DECODER_FILE),
             "versions": _versions(),
             "source": {

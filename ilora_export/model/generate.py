@@ -2,12 +2,23 @@
 
 The official evaluation decodes up to 64 new tokens, strips the text and keeps its first line. We stop a
 row as soon as that first line is final: at EOS, or at a newline that follows non-blank text. The
-answers are the same; the work is less.
+answers are the same; the work is less. It also passes ``min_new_tokens=1``: EOS is banned at the first
+step, so an answer is never empty. Checkpoints imported from the official code (prompts style
+"official") are generated so; the project's own checkpoints are not (``min_new_tokens`` 0).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from ilora_export.artifacts.checkpoint import OFFICIAL_PROMPTS
+
 MAX_NEW_TOKENS = 64
+
+
+def min_new_tokens_of(prompts_style: str) -> int:
+    """The new tokens a row generates before EOS may end it: 1 for the official style, else 0."""
+    return 1 if prompts_style == OFFICIAL_PROMPTS else 0
 
 
 def eos_token_ids(tokenizer, generation_config=None) -> set[int]:
@@ -19,11 +30,13 @@ def eos_token_ids(tokenizer, generation_config=None) -> set[int]:
 
 
 class StopRule:
-    """Per-tokenizer stop conditions: EOS ids and the ids whose text contains a newline."""
+    """Per-tokenizer stop conditions: EOS ids and the ids whose text contains a newline; EOS banned
+    while fewer than ``min_new_tokens`` tokens are generated."""
 
-    def __init__(self, tokenizer, eos_ids: set[int] | None = None):
+    def __init__(self, tokenizer, eos_ids: set[int] | None = None, min_new_tokens: int = 0):
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids) if eos_ids is not None else eos_token_ids(tokenizer)
+        self.min_new_tokens = min_new_tokens
         vocab = len(tokenizer)
         texts = tokenizer.batch_decode([[i] for i in range(vocab)])
         self.newline_ids = {i for i, t in enumerate(texts) if "\n" in t}
@@ -34,6 +47,17 @@ class StopRule:
 
     def first_line(self, token_ids: list[int]) -> str:
         return self._text(token_ids).strip().split("\n")[0]
+
+    def allowed(self, logits: np.ndarray, step: int) -> np.ndarray:
+        """The logits [B, V] of generated step ``step`` (0: the first new token) as greedy decoding takes
+        their argmax: EOS at -inf while ``step < min_new_tokens`` (as Hugging Face's ``min_new_tokens``
+        processor), else unchanged."""
+        banned = [i for i in self.eos_ids if i < logits.shape[-1]]
+        if step >= self.min_new_tokens or not banned:
+            return logits
+        logits = logits.copy()
+        logits[:, banned] = -np.inf
+        return logits
 
     def is_done(self, token_ids: list[int]) -> bool:
         last = token_ids[-1]

@@ -166,8 +166,11 @@ def import_official(
     """Convert an official iLoRA checkpoint (+ its SASRec and base LLM) into a checkpoint directory.
 
     ``data_dir`` supplies the catalogue (item titles); ``prompt_file`` the templates the model was
-    trained with (the official ``prompt/*.txt``; the project's default otherwise).
+    trained with (the official ``prompt/*.txt``; the project's default otherwise). The checkpoint's
+    prompts are in the "official" style: each template line stripped, as the official loader reads it,
+    and EOS banned at the first generated step, as the official generation does (min_new_tokens=1).
     """
+    from ilora_export.artifacts.checkpoint import OFFICIAL_PROMPTS
     from ilora_export.artifacts.spec import AdapterSpec
     from ilora_export.base.fetch import resolve_base_model
     from ilora_export.base.loading import load_base_model
@@ -191,7 +194,7 @@ def import_official(
         )
     alpha = float(lora_alpha if lora_alpha is not None else hparams.get("lora_alpha", 32))
     dataset = load_dataset(data_dir)  # checked before the long work
-    templates = load_prompt_file(prompt_file) if prompt_file else default_templates()
+    templates = load_prompt_file(prompt_file, OFFICIAL_PROMPTS) if prompt_file else default_templates(OFFICIAL_PROMPTS)
     if prompt_file is None:
         log(
             "Warning: no --prompt-file; using the project's templates. The official scripts trained with "

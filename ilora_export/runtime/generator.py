@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ilora_export.artifacts import tokens as T
+from ilora_export.data.prompts import in_style
 from ilora_export.model.generate import MAX_NEW_TOKENS, StopRule
 from ilora_export.model.prompting import PromptBatch, PromptBuilder
 from ilora_export.runtime.backend import Backend
@@ -24,12 +25,18 @@ class PromptAssets:
     templates: object  # ilora_export.data.prompts.PromptTemplates
     token_ids: dict[str, int]
     eos_ids: set[int] = field(default_factory=set)
+    min_new_tokens: int = 0  # EOS banned below it: 1 for the official prompts style (model.generate)
 
     def prompt_builder(self, templates=None) -> PromptBuilder:
-        return PromptBuilder(self.tokenizer, self.catalogue.title, templates or self.templates)
+        """Prompts from the model's templates, or from ``templates`` read in the model's style."""
+        if templates is None:
+            templates = self.templates
+        elif self.templates is not None:
+            templates = in_style(templates, self.templates.style)
+        return PromptBuilder(self.tokenizer, self.catalogue.title, templates)
 
     def stop_rule(self) -> StopRule:
-        return StopRule(self.tokenizer, self.eos_ids or None)
+        return StopRule(self.tokenizer, self.eos_ids or None, self.min_new_tokens)
 
 
 @dataclass
@@ -128,14 +135,15 @@ def greedy_generate(
     token_ids: dict[str, int],
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> Generation:
-    """Greedy answers for a left-padded batch; a row stops at EOS or at a newline after its text."""
+    """Greedy answers for a left-padded batch; a row stops at EOS or at a newline after its text, and
+    EOS is never chosen before ``stop.min_new_tokens`` tokens (the same rule for every backend)."""
     inputs, scores = prompt_inputs(backend, batch, token_ids)
     decoding = Decoding(backend)
     rows = inputs.rows
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
-    for _ in range(max_new_tokens):
-        next_tok = decoding.step(inputs).argmax(-1)  # [B]
+    for step in range(max_new_tokens):
+        next_tok = stop.allowed(decoding.step(inputs), step).argmax(-1)  # [B]
         for b, tok in enumerate(next_tok.tolist()):
             if not done[b]:
                 out[b].append(tok)

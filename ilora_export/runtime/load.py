@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ilora_export.artifacts.checkpoint import CATALOGUE as CHECKPOINT_CATALOGUE
-from ilora_export.artifacts.checkpoint import read_checkpoint
+from ilora_export.artifacts.checkpoint import PROJECT_PROMPTS, read_checkpoint
 from ilora_export.artifacts.engines import engines_export_dir
 from ilora_export.artifacts.kinds import CHECKPOINT, EXPORT, folder_kind
 from ilora_export.artifacts.manifest import (
@@ -24,6 +24,7 @@ from ilora_export.artifacts.manifest import (
 from ilora_export.data.llara import Catalogue, read_catalogue
 from ilora_export.data.prompts import read_templates
 from ilora_export.errors import ExportError, IloraError
+from ilora_export.model.generate import min_new_tokens_of
 from ilora_export.runtime.generator import PromptAssets
 
 
@@ -57,19 +58,21 @@ def load_export(path, *, verify_files: bool = True) -> LoadedExport:
         embeddings = load_file(info.path / EMBEDDINGS)["input_embeddings"]
     except (SafetensorError, OSError, KeyError) as err:
         raise ExportError(f"{info.path / EMBEDDINGS}: unreadable ({err})", "export again") from None
+    style = m.get("prompts_style", PROJECT_PROMPTS)  # exports written before it are the project's
     assets = PromptAssets(
         tokenizer,
         read_catalogue(info.path / CATALOGUE),
-        read_templates(info.path / PROMPTS, m["prompts_source"]),
+        read_templates(info.path / PROMPTS, m["prompts_source"], style),
         dict(m["tokens"]),
         set(m["eos_token_ids"]),
+        min_new_tokens_of(style),
     )
     return LoadedExport(info, assets, embeddings)
 
 
 def checkpoint_assets(loaded) -> PromptAssets:
-    """Tokenizer, catalogue, templates, token and EOS ids of a LoadedCheckpoint: what the shared generator
-    needs (as ``LoadedExport.assets``)."""
+    """Tokenizer, catalogue, templates, token and EOS ids, and the first-step EOS rule of a LoadedCheckpoint:
+    what the shared generator needs (as ``LoadedExport.assets``)."""
     from ilora_export.model.generate import eos_token_ids
 
     tok = loaded.model.tokenizer
@@ -79,6 +82,7 @@ def checkpoint_assets(loaded) -> PromptAssets:
         loaded.templates,
         dict(loaded.model.token_ids),
         eos_token_ids(tok, loaded.model.llm.generation_config),
+        min_new_tokens_of(loaded.templates.style),
     )
 
 

@@ -79,6 +79,7 @@ def _set(value, *path):
         (_delete("tokens", "[CansEmb]"), r"tokens: has no \[CansEmb\]"),
         (_set([2, "eos"], "eos_token_ids"), r"eos_token_ids\[1\]: expected an integer, got a string \('eos'\)"),
         (_delete("prompts_source"), r"prompts_source: missing required key"),
+        (_set("hf", "prompts_style"), r"prompts_style: must be one of 'project', 'official'; got 'hf'"),
         (_delete("files", "catalogue.json"), r"files: lists no catalogue.json"),
         (_set({"bits": "8"}, "quantization"), r"quantization.bits: expected an integer, got a string \('8'\)"),
         (_delete("source", "checkpoint_sha256"), r"source.checkpoint_sha256: missing required key"),
@@ -109,6 +110,16 @@ def test_an_export_of_the_previous_format_is_refused_with_its_reason(copy):
 
 def test_unedited_manifest_still_loads(tiny_export):
     assert load_export(tiny_export[1]).info.dtype == "float32"
+
+
+def test_an_export_written_before_the_prompts_style_is_the_project_style(tiny_export, copy):
+    """A project export records "project" (EOS allowed at the first step); an older one without the key
+    loads the same."""
+    export = load_export(tiny_export[1])
+    assert export.info.manifest["prompts_style"] == "project" and export.assets.min_new_tokens == 0
+    _edit(copy, _delete("prompts_style"))
+    older = load_export(copy)
+    assert older.assets.min_new_tokens == 0 and older.assets.templates.style == "project"
 
 
 def test_cli_eval_on_an_edited_manifest_names_the_key(copy, toy_data_dir, capsys):

@@ -55,6 +55,7 @@ def _drop(section, key):
         (lambda cfg: cfg.__setitem__("tokens", []), "tokens: expected a mapping of strings to integers, got a list"),
         (lambda cfg: cfg.__setitem__("dtype", "float16"), "dtype: unknown key"),
         (lambda cfg: cfg.pop("prompts"), "prompts: missing required key"),
+        (_set("prompts", "style", "hf"), "prompts.style: must be one of 'project', 'official'; got 'hf'"),
     ],
 )
 def test_hand_edited_config_names_the_key(ckpt, tmp_path, edit, problem):
@@ -63,6 +64,15 @@ def test_hand_edited_config_names_the_key(ckpt, tmp_path, edit, problem):
     assert err.value.message.startswith(f"{tmp_path / 'ckpt' / 'config.json'}: ")
     assert problem in err.value.message and "\n" not in err.value.message
     assert "config.json" in err.value.hint
+
+
+def test_config_written_before_the_prompts_style_reads_as_the_project_style(ckpt, tmp_path):
+    from ilora_export.artifacts.checkpoint import prompts_style
+
+    assert prompts_style(read_checkpoint(ckpt).config) == "project"  # written so by save_checkpoint
+    assert read_checkpoint(ckpt).config["prompts"]["style"] == "project"
+    older = read_checkpoint(_edited(ckpt, tmp_path, _drop("prompts", "style")))
+    assert "style" not in older.config["prompts"] and prompts_style(older.config) == "project"
 
 
 def test_config_that_is_not_a_mapping(ckpt, tmp_path):

@@ -44,6 +44,20 @@ def test_prompt_file_format(tmp_path):
     assert load_prompt_file(path).templates == ("A [HistoryHere] B [CansHere] is ", "C [CansHere] D [HistoryHere]:  ")
 
 
+def test_official_style_strips_each_line_as_the_official_loader(tmp_path):
+    """Checkpoints imported from the official code: each line stripped (``line.strip()``), nothing else."""
+    path = tmp_path / "p.txt"
+    text = "A [HistoryHere] B [CansHere] is \r\n\n  \tC [CansHere] D [HistoryHere]:  \n"
+    path.write_text(text, encoding="utf-8")
+    official = load_prompt_file(path, "official")
+    assert official.templates == tuple(p.strip() for p in text.splitlines() if p.strip())
+    assert official.templates == ("A [HistoryHere] B [CansHere] is", "C [CansHere] D [HistoryHere]:")
+    assert official.style == "official" and load_prompt_file(path).style == "project"
+    assert default_templates("official").templates == tuple(t.strip() for t in default_templates().templates)
+    with pytest.raises(ValueError, match="prompt style 'hf'"):
+        load_prompt_file(path, "hf")
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -29,6 +29,12 @@ PROJS = {
 }
 R, K, ALPHA, D_REC = 8, 4, 32.0, 16
 BASE_VOCAB = 49152  # the tiny Llama uses SmolLM2's tokenizer
+# An official-style prompt file: the lines end with the space before the answer (prompt/artist.txt does),
+# one has spaces and a tab around it.
+OFFICIAL_PROMPTS = (
+    "This user has listened to [HistoryHere] in the previous. The candidates are [CansHere]. The answer is \n"
+    "  Given [HistoryHere], recommend one of [CansHere]. The recommendation is \t\n"
+)
 
 
 def _linear_shapes(config):
@@ -99,10 +105,28 @@ def official(tiny_llama_dir, toy_data_dir, tmp_path_factory):
     torch.save(sasrec.state_dict(), root / "rec.pt")
     sd = official_state(config)
     ckpt = save_lightning(root / "official.ckpt", sd)
+    (root / "prompt.txt").write_text(OFFICIAL_PROMPTS, encoding="utf-8")
     out = import_official(
-        ckpt, root / "rec.pt", str(tiny_llama_dir), root / "imported", data_dir=toy_data_dir, log=lambda m: None
+        ckpt,
+        root / "rec.pt",
+        str(tiny_llama_dir),
+        root / "imported",
+        data_dir=toy_data_dir,
+        prompt_file=root / "prompt.txt",
+        log=lambda m: None,
     )
     return root, config, sd, sasrec.eval(), out
+
+
+@pytest.fixture(scope="module")
+def official_export(official):
+    """The imported checkpoint exported to ONNX (fp32, bank as inputs), loaded."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
+    from ilora_export.export.package import export_checkpoint
+    from ilora_export.runtime.load import load_export
+
+    root, *_, out = official
+    return load_export(export_checkpoint(out, root / "onnx"))
 
 
 # ------------------------------------------------ a literal re-implementation of the official forward
@@ -209,15 +233,14 @@ def test_imported_model_matches_the_official_forward(official, tiny_llama_dir, t
 
 
 @torch.no_grad()
-def test_imported_model_matches_the_official_forward_in_onnxruntime(official, tiny_llama_dir, toy_data_dir):
-    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[test])")
-    from ilora_export.export.package import export_checkpoint
+def test_imported_model_matches_the_official_forward_in_onnxruntime(
+    official, official_export, tiny_llama_dir, toy_data_dir
+):
     from ilora_export.runtime.generator import StepInputs, assemble_prompt
-    from ilora_export.runtime.load import load_export
     from ilora_export.runtime.ort_backend import OrtBackend
 
     root, _, sd, sasrec, out = official
-    export = load_export(export_checkpoint(out, root / "onnx"))
+    export = official_export
     backend = OrtBackend(export)
     batch = _prompt(load_checkpoint(out), toy_data_dir)
     embeds, gate, _ = assemble_prompt(backend, batch, export.assets.token_ids)
@@ -227,6 +250,84 @@ def test_imported_model_matches_the_official_forward_in_onnxruntime(official, ti
         tiny_llama_dir, out / "tokenizer", sd, sasrec, batch.input_ids, batch.seq, batch.len_seq, batch.candidates
     )
     assert abs(ref.numpy() - logits[:, :BASE_VOCAB]).max() <= 1e-5
+
+
+def official_prompt_lines(path):
+    """The official loader of a prompt file: every line, stripped."""
+    with open(path) as f:
+        return [p.strip() for p in f.read().splitlines()]
+
+
+def official_prompt_text(template, history_titles, candidate_titles):
+    """The official collater's prompt: each slot filled with ``title [..Emb]`` joined by ", "."""
+    history = ", ".join(t + " [HistoryEmb]" for t in history_titles)
+    candidates = ", ".join(t + " [CansEmb]" for t in candidate_titles)
+    return template.replace("[HistoryHere]", history).replace("[CansHere]", candidates)
+
+
+def _rows(toy_data_dir, n=4):
+    from ilora_export.data.evalset import build_eval_set
+
+    return build_eval_set(load_dataset(toy_data_dir), "test", seed=0).rows[:n]
+
+
+def test_imported_prompts_are_built_as_the_official_code_builds_them(official, toy_data_dir):
+    """The stored templates are the prompt file's lines stripped (no space before the answer), so the
+    prompt ids are the official ones; generation bans EOS at the first step, as the official one does."""
+    from ilora_export.runtime.load import checkpoint_assets
+
+    root, *_, out = official
+    templates = [p for p in official_prompt_lines(root / "prompt.txt") if p]
+    loaded = load_checkpoint(out)
+    assert loaded.templates.templates == tuple(templates)
+    assert loaded.info.config["prompts"]["style"] == "official"
+    assets = checkpoint_assets(loaded)
+    builder, tok, title = assets.prompt_builder(), loaded.model.tokenizer, loaded.catalogue.title
+    for r in _rows(toy_data_dir):
+        text = official_prompt_text(templates[0], [title(i) for i in r.history], [title(c) for c in r.candidates])
+        assert builder.encode(r.seq, r.len_seq, r.candidates).input_ids == tok(text)["input_ids"]
+    assert assets.min_new_tokens == 1 and assets.stop_rule().min_new_tokens == 1
+
+
+def test_a_prompt_file_given_at_evaluation_is_read_as_the_official_loader_reads_it(official, toy_data_dir):
+    """``eval --prompt-file`` on an imported checkpoint: the file (read in the project's style) is stripped."""
+    from ilora_export.data.prompts import load_prompt_file
+    from ilora_export.runtime.load import checkpoint_assets
+
+    root, *_, out = official
+    loaded = load_checkpoint(out)
+    template = official_prompt_lines(root / "prompt.txt")[1]  # evaluate with the second line
+    (root / "eval_prompt.txt").write_text("  " + template + " \n", encoding="utf-8")
+    builder = checkpoint_assets(loaded).prompt_builder(load_prompt_file(root / "eval_prompt.txt"))
+    tok, title = loaded.model.tokenizer, loaded.catalogue.title
+    for r in _rows(toy_data_dir, 2):
+        text = official_prompt_text(template, [title(i) for i in r.history], [title(c) for c in r.candidates])
+        assert builder.encode(r.seq, r.len_seq, r.candidates).input_ids == tok(text)["input_ids"]
+
+
+def test_imported_export_keeps_the_official_prompts_and_generation(official_export, toy_data_dir):
+    """The manifest records the style; onnxruntime generation then bans EOS at the first step. The row's
+    first pick is declared EOS so that the rule decides the answer: empty without it, not with it."""
+    from dataclasses import replace
+
+    from ilora_export.runtime.generator import Decoding, greedy_generate, prompt_inputs
+    from ilora_export.runtime.ort_backend import OrtBackend
+
+    export = official_export
+    assert export.info.manifest["prompts_style"] == "official"
+    assets = export.assets
+    assert assets.templates.templates == tuple(p for p in official_prompt_lines(export.path / "prompts.txt") if p)
+    assert all(t == t.strip() for t in assets.templates.templates) and assets.min_new_tokens == 1
+    backend = OrtBackend(export)
+    builder = assets.prompt_builder()
+    batch = builder.collate([builder.encode(r.seq, r.len_seq, r.candidates) for r in _rows(toy_data_dir, 2)])
+    inputs, _ = prompt_inputs(backend, batch, assets.token_ids)
+    first = set(Decoding(backend).step(inputs).argmax(-1).tolist())  # the model's first picks
+    official_rule = replace(assets, eos_ids=first)
+    tokens = greedy_generate(backend, batch, official_rule.stop_rule(), assets.token_ids, 4).tokens
+    assert all(row and row[0] not in first for row in tokens)
+    without = replace(assets, eos_ids=first, min_new_tokens=0)
+    assert greedy_generate(backend, batch, without.stop_rule(), assets.token_ids, 4).tokens == [[], []]
 
 
 def test_plain_lora_needs_one_expert(official, tiny_llama_dir, toy_data_dir, tmp_path):

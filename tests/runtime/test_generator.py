@@ -153,3 +153,49 @@ def test_decoding_with_torch_logs_no_deprecation(setup, monkeypatch):
     model, enc, examples, stop = setup
     greedy_generate(TorchBackend(model), enc.collate(examples[:2]), stop, model.token_ids, 3)
     assert not [m for m in said if "deprecated" in m]
+
+
+class _EosFirstBackend:
+    """A pure-numpy Backend whose logits rank EOS first at every step, then ``runner_up``: what a model
+    that would answer nothing looks like to the generator."""
+
+    name, dtype = "eos-first", np.dtype(np.float32)
+
+    def __init__(self, vocab: int, eos: int, runner_up: int, hidden: int = 4, experts: int = 2):
+        self.vocab, self.eos, self.runner_up, self.hidden, self.experts = vocab, eos, runner_up, hidden, experts
+
+    def encode(self, seq, len_seq, items):
+        from ilora_export.runtime.backend import Encoded
+
+        b, n = items.shape
+        return Encoded(
+            np.full((b, self.experts), 1 / self.experts, np.float32),
+            np.zeros((b, n, self.hidden), np.float32),
+            np.zeros((b, n), np.float32),
+        )
+
+    def embed(self, token_ids):
+        return np.zeros((*token_ids.shape, self.hidden), np.float32)  # [B, S, H]
+
+    def step(self, embeds, cache_position, row_start, gate_weights, state):
+        logits = np.zeros((embeds.shape[0], self.vocab), np.float32)  # [B, V]
+        logits[:, self.runner_up] = 5.0
+        logits[:, self.eos] = 10.0
+        return logits, (state or 0) + 1
+
+
+@pytest.mark.parametrize("min_new_tokens, answer", [(0, []), (1, ["word"])])
+def test_min_new_tokens_bans_eos_at_the_first_step_only(setup, min_new_tokens, answer):
+    """As the official generation (min_new_tokens=1): EOS cannot be the first token, so the answer is never
+    empty; from the second step EOS stops the row as before. With 0 an answer can be empty."""
+    from ilora_export.runtime.generator import PromptAssets
+
+    model, enc, examples, _ = setup
+    tok = model.tokenizer
+    word = tok(" Enigma", add_special_tokens=False)["input_ids"][0]
+    backend = RecordingBackend(_EosFirstBackend(len(tok), tok.eos_token_id, word))
+    assets = PromptAssets(tok, None, None, model.token_ids, {tok.eos_token_id}, min_new_tokens=min_new_tokens)
+    gen = greedy_generate(backend, enc.collate(examples[:3]), assets.stop_rule(), model.token_ids, 8)
+    assert gen.tokens == [[word] if answer else []] * 3
+    assert len(backend.calls) == 1 + min_new_tokens  # then EOS, the argmax of the step's logits, ends each row
+    assert all(int(call.logits.argmax(-1)[0]) == tok.eos_token_id for call in backend.calls)  # the model's own pick
