@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from ilora_export.train.recipe import Recipe, recipe_to_dict
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_DIR = "train_state"
 CKPT_DIR = "ckpt"
+BEST_DIR = "ckpt-best"  # with train.eval_every: the checkpoint of the best validation
 STAGE1_DIR = "stage1"
 STAGE1_RECORD = "key.json"  # what stage1/ was made from, and the sha256 of its files
 STAGE1_WEIGHTS, STAGE1_CONFIG = "sasrec.safetensors", "sasrec.json"
@@ -56,6 +58,7 @@ class FinetuneResult:
     final_loss: float | None
     eval_summary: dict | None
     wall_seconds: float
+    best_checkpoint: Path | None = None  # with train.eval_every: the best validated checkpoint
 
 
 def _seed_everything(seed: int) -> None:
@@ -375,6 +378,22 @@ def _step_loss(model, builder, stream: TrainStream, step: int, tc, device: str, 
     return total
 
 
+def train_step(
+    model, builder, stream: TrainStream, optimizer, scheduler, step: int, tc, seed: int, device: str, precision=None
+) -> float:
+    """Optimizer step ``step`` (0-based): forward and backward of its micro-batches, the finiteness checks,
+    clipping (``cosine`` only), the optimizer step and the scheduler step; returns the step's mean loss."""
+    precision = precision or contextlib.nullcontext
+    optimizer.zero_grad(set_to_none=True)
+    loss = _step_loss(model, builder, stream, step, tc, device, seed, precision)
+    _stop_unless_finite("loss", loss, step + 1)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip_gradients(params, tc.max_grad_norm if schedule.clips_gradients(tc) else math.inf, step + 1)
+    optimizer.step()
+    scheduler.step()
+    return loss
+
+
 def finetune(
     recipe: Recipe,
     *,
@@ -424,6 +443,8 @@ def finetune(
         )
     # Neither folder is replaced later unless it holds only what fine-tuning wrote there: refuse now, not after hours.
     check_replaceable(out / CKPT_DIR, of_kind(CHECKPOINT), "a checkpoint")
+    if tc.eval_every:
+        check_replaceable(out / BEST_DIR, of_kind(CHECKPOINT), "a checkpoint")
     check_replaceable(state_dir, _is_trainer_state, "a trainer state")
     with atomic_path(out / "recipe.json") as tmp:
         tmp.write_text(json.dumps(recipe_to_dict(recipe), indent=2), encoding="utf-8")
@@ -476,6 +497,19 @@ def finetune(
             extra={"step": step, "recipe": recipe_to_dict(recipe)},
         )
 
+    def validate() -> None:
+        """Validate the checkpoint just saved; keep it as ckpt-best when it is the best so far."""
+        with precision():
+            summary = _evaluate_in_memory(recipe, out, model, dataset, templates, base_dir, device, progress)
+        metric = summary["hit_ratio@1_of_total"]
+        best = max((h["validation"]["metric"] for h in history if "validation" in h), default=None)
+        history.append({"step": step, "validation": {"metric": metric, "valid_ratio": summary["valid_ratio"]}})
+        if best is None or metric > best:
+            with atomic_dir(out / BEST_DIR, replaceable=of_kind(CHECKPOINT), what="a checkpoint") as tmp:
+                for f in (out / CKPT_DIR).iterdir():
+                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+            say(f"step {step}: validation metric {metric:.4f}, the best so far: {out / BEST_DIR}")
+
     start = step
     if on_checkpoint is not None and step == 0:
         save_ckpt()
@@ -484,12 +518,7 @@ def finetune(
     model.train()
     model.sasrec.eval()
     while step < tc.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = _step_loss(model, builder, stream, step, tc, device, recipe.seed, precision)
-        _stop_unless_finite("loss", step_loss, step + 1)
-        clip_gradients(params, tc.max_grad_norm if schedule.clips_gradients(tc) else math.inf, step + 1)
-        optimizer.step()
-        scheduler.step()
+        step_loss = train_step(model, builder, stream, optimizer, scheduler, step, tc, recipe.seed, device, precision)
         step += 1
         recent = (recent + [step_loss])[-tc.log_every :]
         bar.update(1)
@@ -503,8 +532,11 @@ def finetune(
                     "epoch": step * tc.batch_size * tc.grad_accum / len(stream),
                 }
             )
-        if step % tc.save_every == 0 or step == tc.max_steps:
+        validating = bool(tc.eval_every) and (step % tc.eval_every == 0 or step == tc.max_steps)
+        if step % tc.save_every == 0 or step == tc.max_steps or validating:
             save_ckpt()
+            if validating:
+                validate()
             _save_state(state_dir, model, optimizer, scheduler, step=step, log=history, recent=recent, stage1=key)
             if on_checkpoint is not None:
                 on_checkpoint(step, out / CKPT_DIR)
@@ -520,16 +552,33 @@ def finetune(
     eval_summary = None
     if tc.eval_rows != 0:
         with precision():
-            eval_summary = _final_eval(recipe, out, model, dataset, templates, base_dir, device, progress)
+            eval_summary = _evaluate_in_memory(
+                recipe, out, model, dataset, templates, base_dir, device, progress, write=True
+            )
     return FinetuneResult(
-        out / CKPT_DIR, step, history[-1]["loss"] if history else None, eval_summary, time.perf_counter() - t_start
+        out / CKPT_DIR,
+        step,
+        next((h["loss"] for h in reversed(history) if "loss" in h), None),
+        eval_summary,
+        time.perf_counter() - t_start,
+        out / BEST_DIR if tc.eval_every and (out / BEST_DIR).is_dir() else None,
     )
 
 
-def _final_eval(
-    recipe: Recipe, out: Path, model, dataset, templates, base_dir: Path, device: str, progress: bool
+def _evaluate_in_memory(
+    recipe: Recipe,
+    out: Path,
+    model,
+    dataset,
+    templates,
+    base_dir: Path,
+    device: str,
+    progress: bool,
+    *,
+    write: bool = False,
 ) -> dict:
-    """Evaluate the model in memory (no second copy of the LLM) on the first ``eval_rows`` rows."""
+    """Evaluate the model in memory (no second copy of the LLM) on the first ``eval_rows`` rows of
+    ``data.eval_split``; ``write``: the results also go to ``OUTPUT_DIR/eval-SPLIT``."""
     from ilora_export.checkpoint import LoadedCheckpoint, read_checkpoint
     from ilora_export.data.evalset import build_eval_set
     from ilora_export.eval.answers import evaluate_model, write_eval_output
@@ -539,5 +588,6 @@ def _final_eval(
         evalset.rows = evalset.rows[: recipe.train.eval_rows]
     loaded = LoadedCheckpoint(model, dataset.catalogue, templates, read_checkpoint(out / CKPT_DIR), base_dir)
     result = evaluate_model(loaded, evalset, batch_size=recipe.train.batch_size, device=device, progress=progress)
-    write_eval_output(result, out / f"eval-{recipe.data.eval_split}")
+    if write:
+        write_eval_output(result, out / f"eval-{recipe.data.eval_split}")
     return result.summary

@@ -100,6 +100,7 @@ class TrainConfig:
     device: str = opt("cpu", choices=("cpu", "cuda"))
     dtype: str = opt("float32", choices=("float32", "bfloat16", "float16"))
     eval_rows: int | None = opt(32, ge=0)
+    eval_every: int | None = opt(None, ge=1)  # validate every N steps; the best checkpoint goes to ckpt-best
 
 
 @dataclass(kw_only=True)

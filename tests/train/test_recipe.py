@@ -88,7 +88,13 @@ def test_shipped_recipe_values():
     llama = load_recipe(REPO / "recipes/lastfm-llama2-7b.yaml")
     assert llama.base_model == "/path/to/Llama-2-7b-hf" and llama.adapter.gate == "resnet"
     assert (llama.train.device, llama.train.dtype) == ("cuda", "bfloat16")
-    assert (llama.train.batch_size, llama.train.grad_accum, llama.train.lr, llama.train.max_steps) == (8, 4, 1e-4, 2000)
+    assert (llama.train.batch_size, llama.train.grad_accum, llama.train.lr, llama.train.max_steps) == (
+        8,
+        16,
+        7e-4,
+        1870,
+    )
+    assert (llama.train.schedule, llama.train.weight_decay, llama.train.eval_every) == ("official", 1e-5, 374)
 
 
 def test_docs_cover_every_key():
@@ -484,4 +490,4 @@ def test_recipe_keys_lists_every_leaf():
     keys = recipe_keys()
     assert keys[:3] == ["output_dir", "base_model", "seed"]
     assert "data.root" in keys and "adapter.target_modules" in keys and "train.eval_rows" in keys
-    assert "data" not in keys and len(keys) == len(set(keys)) == 3 + 4 + 8 + 7 + 16
+    assert "data" not in keys and len(keys) == len(set(keys)) == 3 + 4 + 8 + 7 + 17
