@@ -413,7 +413,7 @@ def finetune(
     from ilora_export.base.loading import check_base_model_dir, load_base_model
     from ilora_export.checkpoint import save_checkpoint
     from ilora_export.data.llara import load_dataset
-    from ilora_export.data.prompts import default_templates, load_prompt_file
+    from ilora_export.data.prompts import OFFICIAL_PROMPTS, PROJECT_PROMPTS, default_templates, load_prompt_file
     from ilora_export.model.ilora import ILoRAModel, add_ilora_tokens
     from ilora_export.model.prompting import PromptBuilder
 
@@ -431,7 +431,11 @@ def finetune(
 
     # Everything a user can get wrong is checked before any long work starts.
     dataset = load_dataset(recipe.data.root)
-    templates = load_prompt_file(recipe.data.prompt_file) if recipe.data.prompt_file else default_templates()
+    # the official training strips each template line, and its generation never ends at the first token
+    style = OFFICIAL_PROMPTS if tc.schedule == "official" else PROJECT_PROMPTS
+    templates = (
+        load_prompt_file(recipe.data.prompt_file, style) if recipe.data.prompt_file else default_templates(style)
+    )
     base_dir = resolve_base_model(recipe.base_model)
     check_base_model_dir(base_dir)
     key = stage1_key(recipe, dataset)

@@ -8,6 +8,7 @@ tokenised with token type ids and labels on type 1, no clipping. One step of eac
 """
 
 import copy
+import json
 import math
 import warnings
 
@@ -206,6 +207,8 @@ def test_mixed_precision_trains_float32_master_weights(tiny_llama_dir, toy_data_
     state = load_file(tmp_path / "run" / "train_state" / "trainable.safetensors")
     assert {t.dtype for t in state.values()} == {torch.float32}
     assert (tmp_path / "run" / "ckpt-best" / "adapter.safetensors").is_file()  # validated in bfloat16
+    config = json.loads((tmp_path / "run" / "ckpt" / "config.json").read_text())
+    assert config["prompts"]["style"] == "official"  # stripped templates, no empty first answer, as the official
 
 
 def tests_root():
