@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ilora_export.lazy import pyplot
+
 
 def time_graph(backend, assets, batch, steps: int) -> tuple[float, float, list]:
     """(prefill ms, decode ms per step, greedy tokens [B, steps + 1]) of one run."""
@@ -173,13 +175,8 @@ def main(argv=None) -> None:
             f"{r['decode_ratio_b_over_a']:.2f} | {r['tokens_identical']} |"
         )
     (out / "graph_ab.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [f"batch {r['batch']}" for r in results]

@@ -26,6 +26,7 @@ from ilora_export.checkpoint import load_checkpoint
 from ilora_export.data.evalset import build_eval_set
 from ilora_export.data.llara import load_dataset
 from ilora_export.eval.answers import evaluate_model
+from ilora_export.lazy import pyplot
 from ilora_export.train.finetune import finetune
 from ilora_export.train.recipe import load_recipe
 
@@ -144,12 +145,8 @@ def write(args, recipe, points, *, done: bool, train_seconds: float | None = Non
             f"| {p['sasrec_hit_ratio@1']:.4f} | {p['elapsed_seconds'] / 60:.1f} |"
         )
     (out / "learning_curve.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot(lambda _msg: None)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [p["step"] for p in points]

@@ -26,3 +26,17 @@ def require(*modules: str, purpose: str, install: str = ONNX_EXTRA) -> ModuleTyp
                 f"{purpose} needs {name}, which is not installed or does not import ({err})", install
             ) from None
     return loaded[0]
+
+
+def pyplot(log=print):
+    """matplotlib.pyplot on the file-only Agg backend, or None (after one line to ``log``) without matplotlib:
+    benchmarks write their JSON and Markdown either way, the PNG only with it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no PNG (pip install 'ilora-export[bench]')")
+        return None
+    return plt

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ilora_export.errors import IloraError
 from ilora_export.fileio import atomic_path, sha256_file
+from ilora_export.lazy import pyplot
 
 ROWS = ("torch", "ort", "ort-folded", "ort-input", "ort-baked", "ort-plain", "ort-int8", "ort-int4")
 LABELS = {
@@ -403,13 +404,8 @@ def peer_markdown(name: str, peer: dict) -> list[str]:
 
 
 def plot(report: dict, path: Path, log) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib not installed: no PNG (pip install 'ilora-export[bench]')")
+    plt = pyplot(log)
+    if plt is None:
         return
     rows, bs = report["rows"], report["settings"]["eval_batch_sizes"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
