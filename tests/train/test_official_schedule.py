@@ -187,7 +187,7 @@ def test_mixed_precision_trains_float32_master_weights(tiny_llama_dir, toy_data_
     from ilora_export.train.recipe import load_recipe
 
     seven_b = load_recipe(
-        tests_root() / "recipes" / "lastfm-llama2-7b.yaml", [f"base_model={tiny_llama_dir}", "train.device=cpu"]
+        _repo_root() / "recipes" / "lastfm-llama2-7b.yaml", [f"base_model={tiny_llama_dir}", "train.device=cpu"]
     ).train
     assert (seven_b.schedule, seven_b.dtype) == ("official", "bfloat16")
     train = {k: v for k, v in vars(seven_b).items() if k not in ("max_steps", "batch_size", "grad_accum", "device")}
@@ -211,7 +211,7 @@ def test_mixed_precision_trains_float32_master_weights(tiny_llama_dir, toy_data_
     assert config["prompts"]["style"] == "official"  # stripped templates, no empty first answer, as the official
 
 
-def tests_root():
+def _repo_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[2]
