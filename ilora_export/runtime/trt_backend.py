@@ -42,7 +42,7 @@ class TrtBackend:
         self.info = info
         self.dtype = np.dtype(info.dtype)
         self.embeddings = export.embeddings
-        self.limits = Limits(**index["limits"])
+        self.limits = Limits.from_record(index.get("limits"), str(engines_dir / "engines.json"))
         self.plan = BindingPlan(info, self.limits)
         profiles = engine_profiles(info, self.limits)
         contracts = {"encoder": info.encoder, "decoder": info.decoder}

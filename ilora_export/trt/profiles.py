@@ -27,6 +27,23 @@ class Limits:
         if bad:
             raise IloraError(f"engine limits must be positive ({', '.join(bad)})", "pass values >= 1")
 
+    @classmethod
+    def from_record(cls, record, source: str) -> Limits:
+        """The limits an engines folder recorded (``engines.json``), checked: it is read from a file."""
+        names = set(cls.__dataclass_fields__)
+        if (
+            not isinstance(record, dict)
+            or set(record) != names
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in record.values())
+        ):
+            raise IloraError(
+                f"{source}: engine limits unreadable (expected integers {sorted(names)})",
+                "build the engines again: ilora-export trt EXPORT_DIR",
+            )
+        limits = cls(**record)
+        limits.check()
+        return limits
+
     @property
     def opt_batch(self) -> int:
         return max(1, self.max_batch // 2)

@@ -188,3 +188,13 @@ def test_supported_tensorrt_versions_and_the_trt_extra_agree():
     assert f"tensorrt>={'.'.join(map(str, MIN_TENSORRT))}" in extras["trt"]
     assert any(r.startswith("onnxruntime-gpu") for r in extras["gpu"])
     assert not any(r.startswith("onnxruntime>") for r in extras["gpu"])  # never both onnxruntime packages
+
+
+def test_recorded_limits_are_checked_before_use():
+    from ilora_export.errors import IloraError
+
+    record = {"max_batch": 4, "max_prompt": 300, "max_new_tokens": 16, "num_candidates": 20}
+    assert Limits.from_record(record, "engines.json") == LIMITS
+    for bad in (None, record | {"max_batch": "4"}, record | {"extra": 1}, {"max_batch": 4}, record | {"max_prompt": 0}):
+        with pytest.raises(IloraError, match="engines.json|positive"):
+            Limits.from_record(bad, "engines.json")
